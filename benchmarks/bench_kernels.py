@@ -1,0 +1,114 @@
+"""Kernel benchmark: pixelflowsom against flowsom 0.2.x (``flowsom.models.SOMEstimator``), side by side.
+
+Measures, on the same seeded synthetic data in one run, and prints ratios (higher is better for us):
+
+* nearest-node assignment of 1M x 20 pixels to 100 nodes: ``PixelFlowSOM.predict``'s kernel against
+  ``SOMEstimator.predict``, and its throughput against a bare float32 numpy matmul of the same shape;
+* online SOM training on 400k x 20, rlen 10: our online SOM against ``SOMEstimator.fit`` (same algorithm);
+* batch SOM training on the same data against ``SOMEstimator.fit``, with the quantization errors of all three.
+
+Each timing is the best of ``--repeat`` runs after one warm-up (numba compilation excluded for both sides).
+Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+from flowsom.models import SOMEstimator
+from sklearn.utils import check_random_state
+
+from pixelflowsom import _som
+from pixelflowsom._inference import nearest_nodes
+
+
+def blobs(n, p, n_centers=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, 3, size=(n_centers, p))
+    return (centers[rng.integers(0, n_centers, n)] + rng.normal(0, 0.3, size=(n, p))).astype(np.float32)
+
+
+def best_of(fn, repeat):
+    fn()  # warm-up: numba compilation, caches
+    times = []
+    out = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def som_setup(X, xdim, ydim, seed):
+    nhbrdist = _som.grid_distances(xdim, ydim)
+    (radii, alphas) = _som.radius_alpha_schedule(nhbrdist, (0.05, 0.01), 1)[0]
+    codes0 = X[check_random_state(seed).choice(X.shape[0], xdim * ydim, replace=False)]
+    return nhbrdist, radii, alphas, codes0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    scale = 10 if args.quick else 1
+    repeat = 1 if args.quick else args.repeat
+    warnings.filterwarnings("ignore")
+
+    # --- assignment: 1M x 20 pixels to 100 nodes
+    n_assign, p, xdim, ydim = 1_000_000 // scale, 20, 10, 10
+    X = blobs(n_assign, p, seed=0)
+    ref = SOMEstimator(xdim=xdim, ydim=ydim, rlen=1, seed=1).fit(X[:20_000].astype(np.float64))
+    codes = np.asarray(ref.codes, dtype=np.float64)
+    X64 = X.astype(np.float64)
+    t_ref, lab_ref = best_of(lambda: ref.predict(X64), repeat)
+    t_ours, lab_ours = best_of(lambda: nearest_nodes(X, codes), repeat)
+    codes32 = codes.astype(np.float32)
+    t_mm, _ = best_of(lambda: X @ codes32.T, repeat)
+    print(f"assignment {n_assign} x {p} -> {xdim * ydim} nodes")
+    print(f"  flowsom SOMEstimator.predict  {t_ref:8.3f} s")
+    print(f"  pixelflowsom (float32 GEMM)    {t_ours:8.3f} s   speed-up x{t_ref / t_ours:.1f}   (target >= 20)")
+    print(f"  bare float32 numpy matmul      {t_mm:8.3f} s   our throughput {100 * t_mm / t_ours:.0f}% of it (>= 50)")
+    print(f"  labels equal to flowsom's: {np.mean(lab_ref == lab_ours) * 100:.4f}%")
+
+    # --- training: 400k x 20, rlen 10
+    n_train = 400_000 // scale
+    Xt = blobs(n_train, p, seed=1).astype(np.float64)
+    nhbrdist, radii, alphas, codes0 = som_setup(Xt, xdim, ydim, seed=2)
+
+    def flowsom_fit():
+        return SOMEstimator(xdim=xdim, ydim=ydim, rlen=10, seed=3).fit(Xt)
+
+    def ours_online():
+        rs = check_random_state(3)
+        return _som.online_som(Xt, codes0, nhbrdist, 10, alphas, radii, rs, ydim=ydim)[0]
+
+    def ours_batch():
+        return _som.batch_som(Xt, codes0, nhbrdist, 10, radii)[0]
+
+    t_fit, fitted = best_of(flowsom_fit, repeat)
+    t_on, codes_on = best_of(ours_online, repeat)
+    t_ba, codes_ba = best_of(ours_batch, repeat)
+
+    def qe(c):
+        return nearest_nodes(Xt, c, return_distances=True)[1].mean()
+
+    qe_ref, qe_on, qe_ba = qe(fitted.codes), qe(codes_on), qe(codes_ba)
+    print(f"SOM training {n_train} x {p}, {xdim}x{ydim} grid, rlen 10")
+    print(f"  flowsom SOMEstimator.fit      {t_fit:8.3f} s   quantization error {qe_ref:.4f}")
+    print(
+        f"  pixelflowsom online SOM        {t_on:8.3f} s   quantization error {qe_on:.4f}   "
+        f"speed-up x{t_fit / t_on:.1f}   (target >= 3)"
+    )
+    print(
+        f"  pixelflowsom batch SOM         {t_ba:8.3f} s   quantization error {qe_ba:.4f}   "
+        f"speed-up x{t_fit / t_ba:.1f}   (target >= 20)"
+    )
+    print(f"  batch / online quantization error: {qe_ba / qe_on:.3f}   (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Nearest-node assignment: the hot path that labels every pixel.
+
+The squared distance of pixel ``x`` to node ``c`` is ``|x|^2 - 2 x.c + |c|^2``; the ``|x|^2`` term is the same for
+every node, so the winner maximises ``x.c - |c|^2 / 2``, a matrix product. :func:`_nearest_kernel` computes it in
+float32, a few hundred pixels at a time (the ``n_pixels x n_nodes`` matrix never exists), keeps the best and second
+best score of every pixel and, where the two are closer than the float32 rounding error could explain, recomputes
+that pixel's distances exactly in float64. The labels therefore equal a float64 brute-force argmin (on exact ties:
+the lowest node index, as :func:`numpy.argmin`), at float32 matrix-multiply speed.
+
+The kernels take pixels channel-first, ``(n_channels, n_pixels)``, which is both an image block ``(c, y, x)``
+reshaped and a transposed table, and cast each small sub-block to float32 themselves, so integer images and float64
+tables need no converted copy. They release the GIL: dask's threads (and :func:`nearest_nodes`'s) run them in
+parallel.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+#: Pixels per sub-block: the float32 copy of a sub-block and its score tile stay in L1/L2 cache.
+_BLOCK = 128
+#: Unit roundoff of float32.
+_U32 = float(np.finfo(np.float32).eps) / 2
+
+
+@dataclass(frozen=True, eq=False)
+class SOMModel:
+    """The immutable part of a fitted model that labelling needs: what is shipped to dask workers.
+
+    Parameters
+    ----------
+    codes
+        ``(n_nodes, n_features)`` float64 SOM codes.
+    node_metacluster
+        ``(n_nodes,)`` 0-based metacluster of every node.
+    """
+
+    codes: np.ndarray
+    node_metacluster: np.ndarray
+
+    def __post_init__(self):
+        codes = np.ascontiguousarray(self.codes, dtype=np.float64)
+        codes.setflags(write=False)
+        meta = np.ascontiguousarray(self.node_metacluster, dtype=np.int64)
+        meta.setflags(write=False)
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "node_metacluster", meta)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of SOM nodes."""
+        return self.codes.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        """Number of features (channels) of the codes."""
+        return self.codes.shape[1]
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
+    """Assign every pixel (column of ``xt``) to its nearest code.
+
+    For each sub-block of ``_BLOCK`` pixels: copy it to float32, compute the ``(n_nodes, _BLOCK)`` score tile
+    ``c.x - |c|^2 / 2`` (the tile starts at ``-|c|^2 / 2``, then a small GEMM, four nodes at a time, whose inner loop
+    over pixels vectorises), and reduce it to the best and second-best score per pixel and the best node. The
+    reduction uses selects, not branches: early in training the codes are nearly equal and which node wins is a coin
+    toss, on which a branchy argmax would mispredict half the time.
+
+    Parameters
+    ----------
+    xt
+        ``(p, n)`` pixels, channel-first, any real dtype and memory layout.
+    codes64
+        ``(n_nodes, p)`` float64 codes, C-contiguous.
+    labels
+        ``(n,)`` int output: index of the nearest code, or -1 where a value of the pixel is not finite.
+    sqdist
+        ``(n,)`` float64 output (or an empty array to skip it): exact squared distance to the nearest code.
+    exact
+        Recompute near-ties in float64 so that labels equal the float64 argmin. Without it the float32 winner is
+        kept: fine for training, where early codes are close together and near-ties are everywhere.
+    sums, counts
+        ``(n_nodes, p)`` and ``(n_nodes,)`` float64 accumulators (or empty arrays to skip them): the sum and number
+        of the (float32-rounded) finite pixels assigned to each node are added to them, while the pixels are in
+        cache (the batch SOM's per-epoch statistics).
+    """
+    p, n = xt.shape
+    k = codes64.shape[0]
+    want_dist = sqdist.shape[0] > 0
+    want_sums = counts.shape[0] > 0
+    pixel_major = xt.strides[1] > xt.strides[0]
+    codes = codes64.astype(np.float32)
+    half_norm = np.empty(k, np.float32)
+    cmax = 0.0
+    for j in range(k):
+        s = 0.0
+        for c in range(p):
+            s += codes64[j, c] * codes64[j, c]
+        half_norm[j] = -0.5 * s
+        cmax = max(cmax, np.sqrt(s))
+    # Squared distance = |x|^2 - 2 * score. Bound on the float32 error of 2 * score (rounding of x and c to float32,
+    # p-term accumulation, the norm term): (p + 4) u (|x| + |c|)^2, with a safety factor of 2 for each of the two
+    # scores compared.
+    rel = 4.0 * (p + 4) * 5.960464477539063e-08
+
+    buf = np.empty((p, _BLOCK), np.float32)
+    scores = np.empty((k, _BLOCK), np.float32)
+    best = np.empty(_BLOCK, np.float32)
+    second = np.empty(_BLOCK, np.float32)
+    bidx = np.empty(_BLOCK, np.int32)
+    xnorm = np.empty(_BLOCK)
+    for i0 in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - i0)
+        if pixel_major:
+            # A transposed row-major table: read each pixel's channels contiguously.
+            for i in range(m):
+                acc = 0.0
+                for c in range(p):
+                    v = np.float64(xt[c, i0 + i])
+                    buf[c, i] = v
+                    acc += v * v
+                xnorm[i] = acc
+        else:
+            for i in range(m):
+                xnorm[i] = 0.0
+            for c in range(p):
+                for i in range(m):
+                    v = np.float64(xt[c, i0 + i])
+                    buf[c, i] = v
+                    xnorm[i] += v * v
+        for j in range(0, k, 4):
+            jj = min(4, k - j)
+            for t in range(jj):
+                h = half_norm[j + t]
+                for i in range(m):
+                    scores[j + t, i] = h
+            if jj == 4:
+                for c in range(p):
+                    c0 = codes[j, c]
+                    c1 = codes[j + 1, c]
+                    c2 = codes[j + 2, c]
+                    c3 = codes[j + 3, c]
+                    for i in range(m):
+                        x = buf[c, i]
+                        scores[j, i] += c0 * x
+                        scores[j + 1, i] += c1 * x
+                        scores[j + 2, i] += c2 * x
+                        scores[j + 3, i] += c3 * x
+            else:
+                for t in range(jj):
+                    for c in range(p):
+                        ct = codes[j + t, c]
+                        for i in range(m):
+                            scores[j + t, i] += ct * buf[c, i]
+        for i in range(m):
+            best[i] = -np.inf
+            second[i] = -np.inf
+            bidx[i] = 0
+        for j in range(k):
+            node = np.int32(j)
+            for i in range(m):
+                s = scores[j, i]
+                b = best[i]
+                second[i] = max(second[i], min(s, b))
+                bidx[i] = node if s > b else bidx[i]
+                best[i] = max(b, s)
+        for i in range(m):
+            xn = xnorm[i]
+            if not np.isfinite(xn):
+                labels[i0 + i] = -1
+                if want_dist:
+                    sqdist[i0 + i] = np.nan
+                continue
+            node = bidx[i]
+            scale = np.sqrt(xn) + cmax
+            exact_dist = -1.0
+            if exact and not (2.0 * (np.float64(best[i]) - np.float64(second[i])) > rel * scale * scale):
+                # Too close to call in float32: the exact float64 argmin, lowest index on ties.
+                exact_dist = np.inf
+                for j in range(k):
+                    d = 0.0
+                    for c in range(p):
+                        diff = np.float64(xt[c, i0 + i]) - codes64[j, c]
+                        d += diff * diff
+                    if d < exact_dist:
+                        exact_dist = d
+                        node = j
+            labels[i0 + i] = node
+            if want_sums:
+                counts[node] += 1.0
+                for c in range(p):
+                    sums[node, c] += buf[c, i]
+            if want_dist:
+                if exact_dist < 0:
+                    exact_dist = 0.0
+                    for c in range(p):
+                        diff = np.float64(xt[c, i0 + i]) - codes64[node, c]
+                        exact_dist += diff * diff
+                sqdist[i0 + i] = exact_dist
+
+
+def _n_threads(n_threads):
+    if n_threads is None:
+        return os.cpu_count() or 1
+    return max(1, int(n_threads))
+
+
+def nearest_nodes_channel_first(xt, codes, *, return_distances=False, n_threads=None, exact=True, return_sums=False):
+    """Nearest code of every column of ``xt`` (pixels channel-first); see :func:`nearest_nodes`.
+
+    With ``return_sums``, also return the ``(n_nodes, p)`` sum and the ``(n_nodes,)`` count of the pixels assigned to
+    every node (after the distances, if those are asked for).
+    """
+    p, n = xt.shape
+    codes = np.ascontiguousarray(codes, dtype=np.float64)
+    k = codes.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    sqdist = np.empty(n if return_distances else 0, dtype=np.float64)
+    n_threads = min(_n_threads(n_threads), max(1, n // (16 * _BLOCK)))
+    n_parts = 1 if n_threads == 1 else 4 * n_threads
+    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
+    sums = np.zeros((n_parts if return_sums else 0, k, p))
+    counts = np.zeros((n_parts if return_sums else 0, k))
+    empty_sums, empty_counts = np.zeros((0, p)), np.zeros(0)
+
+    def run(i):
+        a, b = bounds[i], bounds[i + 1]
+        _nearest_kernel(
+            xt[:, a:b],
+            codes,
+            labels[a:b],
+            sqdist[a:b] if return_distances else sqdist,
+            exact,
+            sums[i] if return_sums else empty_sums,
+            counts[i] if return_sums else empty_counts,
+        )
+
+    if n_parts == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(run, range(n_parts)))
+    out = [labels]
+    if return_distances:
+        out.append(np.sqrt(sqdist))
+    if return_sums:
+        out += [sums.sum(axis=0), counts.sum(axis=0)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def nearest_nodes(X, codes, *, return_distances=False, n_threads=None, exact=True):
+    """Index of the nearest code (Euclidean) for every row of ``X``.
+
+    Assumes validated input. Rows with a non-finite value get -1.
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` array of any real dtype.
+    codes
+        ``(n_nodes, p)`` codes.
+    return_distances
+        Also return the exact Euclidean distance of each row to its nearest code.
+    n_threads
+        Number of threads (``None``: all cores).
+    exact
+        Guarantee the float64 argmin (see :func:`_nearest_kernel`).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        ``(n,)`` int64 node indices; equal to ``argmin`` of the float64 distances, lowest index on ties.
+    distances : numpy.ndarray
+        ``(n,)`` float64, only if ``return_distances``.
+    """
+    return nearest_nodes_channel_first(
+        np.asarray(X).T, codes, return_distances=return_distances, n_threads=n_threads, exact=exact
+    )
+
+
+def _table_block(block, model, column):
+    """Block function for 2D dask arrays ``(rows, features)``: label columns ``[som_node, metacluster]``.
+
+    ``column`` selects one of them (``None``: both, as an ``(n, 2)`` block).
+    """
+    return _finish(nearest_nodes(block, model.codes, n_threads=1), model, column)
+
+
+def label_table(X, model, *, column=None):
+    """Label a 2D numpy or dask array of pixels, blockwise over rows (lazily for dask).
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` numpy or dask array, validated.
+    model
+        The :class:`SOMModel` to apply (or a dask future / delayed of one).
+    column
+        0: SOM node, 1: metacluster, ``None``: both as an ``(n, 2)`` array.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        0-based int64 labels.
+    """
+    import dask.array as da
+
+    if not isinstance(X, da.Array):
+        return _finish(nearest_nodes(X, model.codes), model, column)
+    X = X.rechunk({1: -1})
+    if column is None:
+        return X.map_blocks(
+            _table_block, model, None, chunks=(X.chunks[0], (2,)), dtype=np.int64, meta=np.empty((0, 0), np.int64)
+        )
+    return X.map_blocks(
+        _table_block, model, column, drop_axis=1, chunks=(X.chunks[0],), dtype=np.int64, meta=np.empty(0, np.int64)
+    )
+
+
+def _finish(nodes, model, column):
+    """Select or stack the ``[som_node, metacluster]`` columns from the node labels."""
+    if nodes.size and nodes.min() < 0:
+        # Tables are validated eagerly, except lazy dask arrays, whose values are first seen here.
+        raise ValueError(
+            f"Input X contains NaN or infinity in {int((nodes < 0).sum())} row(s) of this block; "
+            "remove or impute them before labelling."
+        )
+    if column == 0:
+        return nodes
+    meta = model.node_metacluster[nodes]
+    if column == 1:
+        return meta
+    return np.column_stack([nodes, meta])

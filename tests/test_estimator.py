@@ -1,0 +1,253 @@
+"""PixelFlowSOM as a scikit-learn estimator on tables: numpy, pandas and dask."""
+
+import dask
+import dask.array as da
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import adjusted_rand_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from pixelflowsom import ConsensusClustering, PixelFlowSOM
+
+from .conftest import make_blobs
+
+
+@parametrize_with_checks(
+    [
+        PixelFlowSOM(),
+        PixelFlowSOM(n_clusters=2, xdim=3, ydim=3),
+        PixelFlowSOM(n_clusters=3, xdim=4, ydim=4, som="batch", mst=2),
+        ConsensusClustering(n_resamples=10),
+    ]
+)
+@pytest.mark.filterwarnings("ignore:Only .* rows were sampled")
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def small_model(**kwargs):
+    params = {"n_clusters": 4, "xdim": 5, "ydim": 5, "fraction": 0.5, "random_state": 0}
+    return PixelFlowSOM(**{**params, **kwargs})
+
+
+@pytest.mark.parametrize("som", ["online", "batch"])
+@pytest.mark.parametrize("mst", [1, 2])
+def test_recovers_separated_clusters(blobs, som, mst):
+    X, y = blobs
+    model = small_model(som=som, mst=mst).fit(X)
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+    assert model.codes_.shape == (25, X.shape[1])
+    assert model.node_metacluster_.shape == (25,)
+    assert set(model.node_metacluster_) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(model.grid_, [(x, y) for x in range(5) for y in range(5)])
+    assert model.n_samples_fit_ == int(0.5 * len(X))
+    assert 0 < model.quantization_error_ < 1
+    assert 1 <= model.n_iter_ <= 10 * mst
+
+
+def test_predict_transform_agree(blobs):
+    X, _ = blobs
+    model = small_model().fit(X)
+    out = model.transform(X)
+    assert out.shape == (len(X), 2)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out[:, 1], model.node_metacluster_[out[:, 0]])
+    np.testing.assert_array_equal(out[:, 1], model.predict(X))
+    np.testing.assert_array_equal(model.labels_, model.predict(X))
+    np.testing.assert_array_equal(model.fit_predict(X), model.labels_)
+    # Nodes are the float64 nearest codes.
+    d = ((X[:, None, :] - model.codes_[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(out[:, 0], d.argmin(1))
+
+
+def test_reproducible_and_seeded(blobs):
+    X, _ = blobs
+    a, b = small_model().fit(X), small_model().fit(X)
+    np.testing.assert_array_equal(a.codes_, b.codes_)
+    c = small_model(random_state=1).fit(X)
+    assert not np.array_equal(a.codes_, c.codes_)
+    # A RandomState instance is consumed, not reset: two fits with the same instance differ.
+    rs = np.random.RandomState(0)
+    model = small_model(random_state=rs)
+    first = model.fit(X).codes_.copy()
+    assert not np.array_equal(first, model.fit(X).codes_)
+
+
+def test_does_not_touch_global_rng(blobs):
+    X, _ = blobs
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    small_model().fit(X)
+    assert np.random.random() == expected
+
+
+def test_pandas_feature_names_and_set_output(blobs):
+    X, _ = blobs
+    df = pd.DataFrame(X, columns=[f"CD{i}" for i in range(X.shape[1])])
+    model = small_model().fit(df)
+    np.testing.assert_array_equal(model.feature_names_in_, df.columns)
+    np.testing.assert_array_equal(model.get_feature_names_out(), ["som_node", "metacluster"])
+    out = clone(model).set_output(transform="pandas").fit(df).transform(df)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["som_node", "metacluster"]
+    pd.testing.assert_index_equal(out.index, df.index)
+    with pytest.raises(ValueError, match="feature names"):
+        model.predict(df.rename(columns={"CD0": "CD99"}))
+    with pytest.raises(ValueError, match="input_features is not equal"):
+        model.get_feature_names_out(["a"] * X.shape[1])
+
+
+def test_dask_arrays_lazy_and_equal_to_numpy(blobs):
+    X, _ = blobs
+    dX = da.from_array(X, chunks=(97, 2))
+    eager = small_model().fit(X)
+    lazy = small_model().fit(dX)
+    np.testing.assert_array_equal(lazy.codes_, eager.codes_)  # the sample does not depend on chunks
+    assert isinstance(lazy.labels_, da.Array)
+    pred = lazy.predict(dX)
+    assert isinstance(pred, da.Array)
+    assert pred.chunks == (dX.chunks[0],)
+    np.testing.assert_array_equal(pred.compute(), eager.predict(X))
+    out = lazy.transform(dX)
+    assert out.chunks == (dX.chunks[0], (2,))
+    np.testing.assert_array_equal(out.compute(scheduler="threads"), eager.transform(X))
+    np.testing.assert_array_equal(lazy.labels_.compute(), eager.labels_)
+
+
+def test_dask_fit_reads_only_sampled_chunks():
+    X, _ = make_blobs(n=20_000, p=3)
+    read = []
+
+    def record(block, block_info=None):
+        read.append(block_info[0]["chunk-location"][0])
+        return block
+
+    dX = da.from_array(X, chunks=(100, 3)).map_blocks(record, dtype=X.dtype)
+    with dask.config.set(scheduler="synchronous"):
+        model = PixelFlowSOM(n_clusters=2, xdim=2, ydim=2, fraction=0.001, random_state=0).fit(dX)
+        n_read_by_fit = len(read) - 0
+        # fit also builds labels_ lazily: nothing more is read until it is computed.
+    assert model.n_samples_fit_ == 20
+    assert n_read_by_fit <= 20 < dX.numblocks[0]
+
+
+def test_dask_nan_rows_raise_when_computed(blobs):
+    X, _ = blobs
+    model = small_model().fit(X)
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    lazy = model.predict(da.from_array(bad, chunks=100))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        lazy.compute()
+
+
+def test_pipeline_and_dask_ml(blobs):
+    from dask_ml.preprocessing import StandardScaler as DaskStandardScaler
+    from dask_ml.wrappers import ParallelPostFit
+
+    X, y = blobs
+    pipe = Pipeline([("scale", StandardScaler()), ("som", small_model())]).fit(X)
+    assert adjusted_rand_score(y, pipe.predict(X)) == 1.0
+
+    dX = da.from_array(X, chunks=(150, -1))
+    dpipe = Pipeline([("scale", DaskStandardScaler()), ("som", small_model())]).fit(dX)
+    labels = dpipe.predict(dX)
+    assert isinstance(labels, da.Array)
+    assert adjusted_rand_score(y, labels.compute()) == 1.0
+
+    wrapped = ParallelPostFit(small_model()).fit(X)
+    np.testing.assert_array_equal(wrapped.predict(dX).compute(), wrapped.estimator.predict(X))
+
+
+def test_joblib_round_trip(blobs, tmp_path):
+    X, _ = blobs
+    model = small_model(metaclustering=ConsensusClustering(n_resamples=5)).fit(X)
+    path = tmp_path / "model.joblib"
+    joblib.dump(model, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.transform(X), model.transform(X))
+    np.testing.assert_array_equal(loaded.codes_, model.codes_)
+
+
+def test_metaclustering_parameter(blobs):
+    X, y = blobs
+    template = ConsensusClustering(n_clusters=99, n_resamples=10)
+    model = small_model(metaclustering=template).fit(X)
+    assert template.n_clusters == 99  # cloned, not modified
+    assert model.metaclustering_.n_clusters == 4
+    assert isinstance(model.metaclustering_.random_state, int)  # seeded from random_state
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+
+
+def test_single_metacluster(blobs):
+    X, _ = blobs
+    model = small_model(n_clusters=1).fit(X)
+    np.testing.assert_array_equal(model.labels_, 0)
+    model = PixelFlowSOM(n_clusters=1, xdim=1, ydim=1, random_state=0).fit(X)
+    np.testing.assert_allclose(model.codes_[0], X.mean(0), atol=0.5)
+
+
+def test_warns_when_fewer_samples_than_nodes():
+    X, _ = make_blobs(n=40, p=2)
+    with pytest.warns(UserWarning, match="Only 4 rows were sampled for 100 SOM nodes"):
+        PixelFlowSOM(random_state=0).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ({"fraction": 0}, ValueError, "'fraction' parameter"),
+        ({"fraction": 1.5}, ValueError, "'fraction' parameter"),
+        ({"fraction": "all"}, ValueError, "'fraction' parameter"),
+        ({"xdim": 0}, ValueError, "'xdim' parameter"),
+        ({"ydim": 2.5}, ValueError, "'ydim' parameter"),
+        ({"rlen": 0}, ValueError, "'rlen' parameter"),
+        ({"mst": 0}, ValueError, "'mst' parameter"),
+        ({"n_clusters": 0}, ValueError, "'n_clusters' parameter"),
+        ({"n_clusters": 26}, ValueError, r"n_clusters=26 is larger than the number of SOM nodes xdim \* ydim = 5 \* 5"),
+        ({"alpha": (0.05,)}, ValueError, r"alpha=\(0.05,\) must be two positive numbers"),
+        ({"alpha": (0.05, -1)}, ValueError, "alpha=.* must be two positive numbers"),
+        ({"alpha": "fast"}, ValueError, "'alpha' parameter of PixelFlowSOM must be an array-like"),
+        ({"som": "kohonen"}, ValueError, "'som' parameter"),
+        ({"metaclustering": "kmeans"}, ValueError, "'metaclustering' parameter"),
+        ({"fraction": 0.001}, ValueError, r"fraction=0.001 of 600 rows samples no row; raise fraction to at least"),
+    ],
+)
+def test_bad_parameters(blobs, params, error, match):
+    X, _ = blobs
+    with pytest.raises(error, match=match):
+        small_model(**params).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("X", "error", "match"),
+    [
+        (np.ones(10), ValueError, "Expected 2D array, got 1D array instead"),
+        (np.ones((4, 3, 2)), ValueError, "Found array with dim 3"),
+        (np.array([["a", "b"], ["c", "d"]]), ValueError, "Convert your data to numeric values"),
+        (np.array([[1.0, np.nan]] * 10), ValueError, "Input X contains NaN"),
+        (np.array([[1.0, np.inf]] * 10), ValueError, "Input X contains infinity"),
+        (np.ones((1, 3)), ValueError, "1 sample"),
+        (da.ones((10, 3, 2)), ValueError, r"Expected a 2D dask array \(n_pixels, n_channels\), got one with shape"),
+        (da.from_array(np.array([["a"] * 3] * 10)), TypeError, "Expected a numeric dask array, got dtype <U1"),
+        (da.from_array(np.array([[1.0, np.nan]] * 20)), ValueError, "contains NaN or infinity"),
+    ],
+)
+def test_bad_input(X, error, match):
+    with pytest.raises(error, match=match):
+        PixelFlowSOM(n_clusters=2, xdim=2, ydim=2, fraction=1.0).fit(X)
+
+
+def test_predict_checks_features(blobs):
+    X, _ = blobs
+    model = small_model().fit(X)
+    with pytest.raises(ValueError, match="X has 4 features, but PixelFlowSOM is expecting 5 features"):
+        model.predict(X[:, :4])
+    with pytest.raises(ValueError, match="X has 4 features, but PixelFlowSOM is expecting 5 features"):
+        model.transform(da.from_array(X[:, :4]))
