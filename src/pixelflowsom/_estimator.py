@@ -14,11 +14,11 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _som
+from . import _images, _som
 from ._compat import HasMethods, Interval, StrOptions, _check_feature_names, _check_n_features, _fit_context
-from ._inference import SOMModel, label_table, nearest_nodes
+from ._inference import SOMModel, label_image, label_table, nearest_nodes
 from ._metacluster import default_metaclustering
-from ._sampling import sample_indices, sample_size, take_rows
+from ._sampling import sample_image, sample_indices, sample_size, take_rows
 
 _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
 
@@ -66,6 +66,13 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         any) is set to ``n_clusters``. ``None`` uses what ``flowsom`` uses, average-linkage
         :class:`~sklearn.cluster.AgglomerativeClustering`; :class:`~pixelflowsom.ConsensusClustering` is R FlowSOM's
         consensus metaclustering.
+    channels : str, int, list or None, default=None
+        Image input only: the channels to cluster on, by the labels of the images' ``c`` coordinate (as
+        ``image.sel(c=channels)`` selects; ints are labels, not positions). ``None``: all channels of the first
+        image. Every image, in ``fit`` and later, must have them.
+    chunks : int, "auto", tuple of int or None, default=None
+        Image input only: spatial chunks of the label images (``(y, x)`` or ``(z, y, x)`` sizes, one int for all
+        spatial axes, or ``"auto"``); ``None`` keeps the image's chunks. The channel axis is always one chunk.
     random_state : int, RandomState instance or None, default=None
         Controls the training sample, the initial codes, the order of the online updates and a random
         metaclustering model. Pass an int for reproducible results.
@@ -81,8 +88,9 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         Grid position ``(x, y)`` of every node.
     metaclustering_ : estimator
         The fitted metaclustering model.
-    labels_ : ndarray of shape (n_samples,)
-        0-based metacluster of every training row (a lazy dask array for dask input).
+    labels_ : ndarray of shape (n_samples,), dask array or DataArray(s)
+        0-based metacluster of every training row (a lazy dask array for dask input); for image input, the lazy
+        1-based metacluster image (a list for a list of images), as :meth:`predict` returns it.
     n_samples_fit_ : int
         Number of rows the SOM was trained on.
     quantization_error_ : float
@@ -92,7 +100,12 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of the features seen during fit, when they all are strings.
+        Names of the features seen during fit, when they all are strings; for image input, the channel names.
+    channels_ : list
+        Image input only: the channel labels trained on, as they are selected from later images.
+    sample_coords_ : list of ndarray
+        Image input only: for every image, the ``(m_i, ndim)`` array indices ``([z,] y, x)`` of its sampled pixels
+        that were trained on (pixels with a NaN channel are dropped from the sample).
 
     See Also
     --------
@@ -101,9 +114,22 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    Labels of tabular input are 0-based: ``predict`` returns metaclusters ``0..n_clusters-1`` and ``transform``
-    the columns ``[som_node, metacluster]``, nodes ``0..xdim*ydim-1``. Ties between equally near nodes go to the
-    lowest node index, as :func:`numpy.argmin` does on float64 distances.
+    **Tables** (numpy, pandas, 2D dask arrays ``(n_pixels, n_channels)``): labels are 0-based. ``predict`` returns
+    metaclusters ``0..n_clusters-1``, ``transform`` the columns ``[som_node, metacluster]`` with nodes
+    ``0..xdim*ydim-1``. Values must be finite.
+
+    **Images** (:class:`xarray.DataArray` with dims ``("c", "y", "x")`` or ``("c", "z", "y", "x")``, numpy- or
+    dask-backed, a multiscale ``DataTree`` standing for its ``scale0``, or a list of them): ``fit`` samples
+    ``int(fraction * n_pixels)`` pixels of every image, with a seed derived from ``random_state`` and the image's
+    position in the list, independent of the chunking; sampled pixels with a NaN channel are then dropped.
+    ``predict`` and ``transform`` return lazy dask-backed label images following the spatialdata convention:
+    1-based ids, 0 where any selected channel of the pixel is NaN (or infinite), in the smallest unsigned dtype
+    holding the ids (the computed blocks have exactly the declared dtype). ``predict`` gives the metacluster image
+    (ids ``1..n_clusters``); ``transform`` a stack with a leading ``label`` axis ``[som_node, metacluster]``
+    (ids up to ``xdim*ydim``). A list of images gives a list of label images.
+
+    Ties between equally near nodes go to the lowest node index, as :func:`numpy.argmin` does on float64
+    distances.
 
     Dask arrays stay lazy in ``predict`` and ``transform`` (one task per row chunk); ``fit`` reads only the chunks
     holding sampled rows.
@@ -137,6 +163,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         "fraction": [Interval(Real, 0, 1, closed="right")],
         "som": [StrOptions({"online", "batch"})],
         "metaclustering": [HasMethods(["fit_predict"]), None],
+        "channels": [str, Integral, "array-like", None],
+        "chunks": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), tuple, None],
         "random_state": ["random_state"],
     }
 
@@ -152,6 +180,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         fraction=0.1,
         som="online",
         metaclustering=None,
+        channels=None,
+        chunks=None,
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -163,6 +193,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         self.fraction = fraction
         self.som = som
         self.metaclustering = metaclustering
+        self.channels = channels
+        self.chunks = chunks
         self.random_state = random_state
 
     # ------------------------------------------------------------------ validation
@@ -205,14 +237,55 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
+    def _validate_images(self, X, *, reset):
+        """Check image input and select its channels; returns ``(images, single)``.
+
+        Everything about the images is checked here, before any pixel is read.
+        """
+        single = _images._is_single_image(X)
+        images = [_images.check_image(image, i) for i, image in enumerate([X] if single else X)]
+        if len({image.ndim for image in images}) > 1:
+            described = ", ".join(f"{_images.image_name(im, i)}: {im.dims}" for i, im in enumerate(images))
+            raise ValueError(
+                f"All images must have the same dims, 2D ('c', 'y', 'x') or 3D ('c', 'z', 'y', 'x'); got {described}. "
+                "Cluster 2D and 3D images separately."
+            )
+        if reset:
+            labels = _images.channel_labels(images[0]) if self.channels is None else _images.channel_list(self.channels)
+            if len(labels) == 0 or len({str(c) for c in labels}) != len(labels):
+                raise ValueError(f"channels={self.channels!r} must name at least one channel, each once.")
+        elif hasattr(self, "channels_"):
+            labels = self.channels_
+        elif hasattr(self, "feature_names_in_"):
+            labels = list(self.feature_names_in_)
+        else:
+            labels = None
+        selected = []
+        for i, image in enumerate(images):
+            if labels is None:
+                # Fitted on a table without feature names: channels are matched by position.
+                if image.sizes["c"] != self.n_features_in_:
+                    raise ValueError(
+                        f"Image {_images.image_name(image, i)} has {image.sizes['c']} channels, but PixelFlowSOM was "
+                        f"fitted on {self.n_features_in_} features."
+                    )
+                selected.append(image)
+            else:
+                selected.append(_images.select_channels(image, labels, i))
+        if reset:
+            self.channels_ = labels
+            self.feature_names_in_ = np.asarray([str(c) for c in labels], dtype=object)
+            self.n_features_in_ = len(labels)
+        return selected, single
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Train the SOM on a sample of the rows of ``X`` and metacluster its nodes.
+        """Train the SOM on a sample of the pixels of ``X`` and metacluster its nodes.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features)
-            Pixels (rows) by channels (columns). Must be finite.
+        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
+            Pixels (rows) by channels (columns), finite; or images (see Notes of the class).
         y : None
             Ignored.
 
@@ -221,8 +294,55 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         self : PixelFlowSOM
             The fitted estimator.
         """
+        self._fit(X)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _fit_keeping_sample(self, X):
+        """Fit on images and also return the training sample: ``(values, coords, image_index)``.
+
+        For :mod:`pixelflowsom.harpy`, which reports the sampled pixels; the estimator itself does not keep them.
+        """
+        return self._fit(X, keep_sample=True)
+
+    def _fit(self, X, keep_sample=False):
         alpha = self._check_params()
+        if not _images.is_image_input(X):
+            return self._fit_table(X, alpha)
+        images, single = self._validate_images(X, reset=True)
+        n_pixels = [int(np.prod(image.shape[1:])) for image in images]
+        if sum(sample_size(n, self.fraction) for n in n_pixels) < 1:
+            raise ValueError(
+                f"fraction={self.fraction} of the {sum(n_pixels)} pixels samples no pixel; raise fraction to at least "
+                f"{1 / max(n_pixels):.3g}."
+            )
+        random_state = check_random_state(self.random_state)
+        base_seed = int(random_state.randint(np.iinfo(np.int32).max))
+        values, coords = [], []
+        for i, image in enumerate(images):
+            v, c = sample_image(image, self.fraction, np.random.SeedSequence([base_seed, i]))
+            finite = np.isfinite(v).all(axis=1)
+            if len(v) and not finite.any():
+                raise ValueError(
+                    f"All {len(v)} sampled pixels of image {_images.image_name(image, i)} have a NaN (or infinite) "
+                    f"value in the selected channels {self.channels_}; select other channels, fix the image or "
+                    "leave it out."
+                )
+            values.append(v[finite])
+            coords.append(c[finite])
+        sample = np.concatenate(values)
+        self._fit_sample(sample, alpha, random_state)
+        self.sample_coords_ = coords
+        self.labels_ = self._label_images(images, single, layers="metacluster")
+        if keep_sample:
+            image_index = np.repeat(np.arange(len(images)), [len(c) for c in coords])
+            return sample, np.concatenate(coords), image_index
+        return None
+
+    def _fit_table(self, X, alpha):
         X = self._validate_table(X, reset=True)
+        for attribute in ("channels_", "sample_coords_"):
+            self.__dict__.pop(attribute, None)
         n = X.shape[0]
         if sample_size(n, self.fraction) < 1:
             raise ValueError(
@@ -235,7 +355,6 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError("Input X contains NaN or infinity; remove or impute those rows before fitting.")
         self._fit_sample(sample, alpha, random_state)
         self.labels_ = self._label(X, column=1)
-        return self
 
     def _fit_sample(self, sample, alpha, random_state):
         """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes."""
@@ -300,20 +419,34 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     def _label(self, X, column):
         return label_table(X, self._payload(), column=column)
 
+    def _label_images(self, images, single, layers, payload=None):
+        """Lazy label images; the payload enters the graph once (a ``Delayed``, or a scattered ``Future``)."""
+        import dask
+
+        if payload is None:
+            payload = dask.delayed(self._payload(), pure=True)
+        n_meta = max(self.n_clusters, int(self.node_metacluster_.max()) + 1)
+        n_ids = n_meta if layers == "metacluster" else max(n_meta, self.codes_.shape[0])
+        out = [label_image(im, payload, layers=layers, chunks=self.chunks, n_ids=n_ids) for im in images]
+        return out[0] if single else out
+
     def predict(self, X):
         """Metacluster of every row: the metacluster of its nearest SOM node.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features)
-            Pixels by channels, with the features seen in ``fit``.
+        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
+            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels.
 
         Returns
         -------
-        labels : ndarray or dask array of shape (n_samples,)
-            0-based metacluster labels (int64); lazy for a dask array.
+        labels : ndarray, dask array, DataArray or list of DataArray
+            For tables, 0-based metacluster labels (int64), lazy for a dask array. For images, the lazy 1-based
+            metacluster image(s), 0 at NaN pixels.
         """
         check_is_fitted(self)
+        if _images.is_image_input(X):
+            return self._label_images(*self._validate_images(X, reset=False), layers="metacluster")
         return self._label(self._validate_table(X, reset=False), column=1)
 
     def transform(self, X):
@@ -321,15 +454,18 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features)
-            Pixels by channels, with the features seen in ``fit``.
+        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
+            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels.
 
         Returns
         -------
-        labels : ndarray or dask array of shape (n_samples, 2)
-            Columns ``[som_node, metacluster]``, 0-based int64; lazy for a dask array.
+        labels : ndarray, dask array, DataArray or list of DataArray
+            For tables, columns ``[som_node, metacluster]``, 0-based int64, lazy for a dask array. For images, lazy
+            ``(2, [z,] y, x)`` stack(s) ``[som_node, metacluster]`` of 1-based ids, 0 at NaN pixels.
         """
         check_is_fitted(self)
+        if _images.is_image_input(X):
+            return self._label_images(*self._validate_images(X, reset=False), layers="both")
         return self._label(self._validate_table(X, reset=False), column=None)
 
     def fit_predict(self, X, y=None, **kwargs):

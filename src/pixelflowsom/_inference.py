@@ -337,3 +337,94 @@ def _finish(nodes, model, column):
     if column == 1:
         return meta
     return np.column_stack([nodes, meta])
+
+
+def label_dtype(n_ids: int) -> np.dtype:
+    """Smallest unsigned integer dtype holding the 1-based ids ``0..n_ids`` of a label image."""
+    return np.dtype(np.min_scalar_type(int(n_ids)))
+
+
+def _image_block(block, model, layers, dtype):
+    """Block function: label a ``(c, [z,] y, x)`` image block.
+
+    Returns the 1-based ``(2, [z,] y, x)`` stack ``[som_node, metacluster]`` (``layers="both"``) or the
+    ``([z,] y, x)`` metacluster image (``layers="metacluster"``), 0 where a channel of the pixel is not finite.
+    """
+    spatial = block.shape[1:]
+    nodes = nearest_nodes_channel_first(block.reshape(block.shape[0], -1), model.codes, n_threads=1)
+    valid = nodes >= 0
+    meta = np.where(valid, model.node_metacluster[nodes] + 1, 0).astype(dtype, copy=False)
+    if layers == "metacluster":
+        return meta.reshape(spatial)
+    out = np.empty((2, nodes.size), dtype=dtype)
+    out[0] = np.where(valid, nodes + 1, 0)
+    out[1] = meta
+    return out.reshape((2, *spatial))
+
+
+def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
+    """Lazily label an image with one ``map_blocks`` call.
+
+    Parameters
+    ----------
+    image
+        ``(c, [z,] y, x)`` :class:`xarray.DataArray`, numpy- or dask-backed, channels selected and ordered as the
+        model's features.
+    model
+        The :class:`SOMModel`, or a dask ``Delayed`` / distributed ``Future`` of it: whatever it is, the graph holds
+        it once, every block task depends on that one key.
+    layers
+        ``"both"``: a ``(2, [z,] y, x)`` stack ``[som_node, metacluster]``; ``"metacluster"``: the metaclusters.
+    chunks
+        Spatial chunks (an int, ``"auto"``, or one size per spatial axis); ``None`` keeps the image's chunks (a
+        numpy-backed image gets ``"auto"``). The ``c`` axis always becomes one chunk.
+    n_ids
+        Largest id the output must hold (decides the dtype).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, 1-based labels (0 where any channel is NaN), dtype :func:`label_dtype` of ``n_ids``; dims
+        ``("label", [z,] y, x)`` with ``label`` coordinate ``["som_node", "metacluster"]``, or the spatial dims.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    data = image.data
+    spatial_dims = image.dims[1:]
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(-1, *(["auto"] * len(spatial_dims))))
+    if chunks is None:
+        data = data.rechunk({0: -1})
+    else:
+        spatial = chunks if isinstance(chunks, tuple) else (chunks,) * len(spatial_dims)
+        data = data.rechunk((-1, *spatial))
+    dtype = label_dtype(n_ids)
+    spatial_chunks = data.chunks[1:]
+    if layers == "metacluster":
+        out = data.map_blocks(
+            _image_block,
+            model,
+            layers,
+            dtype,
+            drop_axis=0,
+            chunks=spatial_chunks,
+            dtype=dtype,
+            meta=np.empty((0,) * len(spatial_dims), dtype=dtype),
+            token="pixelflowsom-metaclusters",
+        )
+        dims, coords = spatial_dims, {}
+    else:
+        out = data.map_blocks(
+            _image_block,
+            model,
+            layers,
+            dtype,
+            chunks=((2,), *spatial_chunks),
+            dtype=dtype,
+            meta=np.empty((0,) * (1 + len(spatial_dims)), dtype=dtype),
+            token="pixelflowsom-labels",
+        )
+        dims, coords = ("label", *spatial_dims), {"label": ["som_node", "metacluster"]}
+    coords.update({d: image.coords[d] for d in spatial_dims if d in image.coords})
+    return xr.DataArray(out, dims=dims, coords=coords)

@@ -47,3 +47,65 @@ def take_rows(X, rows: np.ndarray) -> np.ndarray:
     if isinstance(X, da.Array):
         return np.asarray(X[rows].compute(), dtype=np.float64)
     return np.asarray(X[rows], dtype=np.float64)
+
+
+def _take_block_pixels(block, local):
+    """Block task: values ``(c, m)`` of the pixels at ``local`` (``(ndim, m)`` positions inside the block)."""
+    return np.asarray(block)[(slice(None), *local)]
+
+
+def sample_image(image, fraction: float, seed):
+    """Sample ``int(fraction * n_pixels)`` pixels of one image, reading it chunk by chunk.
+
+    Parameters
+    ----------
+    image
+        ``(c, [z,] y, x)`` numpy- or dask-backed :class:`xarray.DataArray` (or plain array), channels selected.
+    fraction
+        Fraction in (0, 1].
+    seed
+        Seed of the draw (see :func:`sample_indices`).
+
+    Returns
+    -------
+    values : numpy.ndarray
+        ``(m, c)`` float64 values of the sampled pixels, in the row-major order of their positions (whatever the
+        chunking).
+    coords : numpy.ndarray
+        ``(m, ndim)`` int64 array indices ``([z,] y, x)`` of the sampled pixels.
+
+    Notes
+    -----
+    No flattened copy or coordinate grid of the image is made. For a dask array, one task per chunk holding
+    sampled pixels reads that chunk and returns just those pixels; the tasks run on the current dask scheduler.
+    """
+    import dask
+    import dask.array as da
+
+    data = getattr(image, "data", image)
+    shape = data.shape[1:]
+    flat = sample_indices(int(np.prod(shape)), fraction, seed)
+    coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+    values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
+    if not isinstance(data, da.Array):
+        values[:] = data[(slice(None), *coords.T)]
+        return values.T, coords
+
+    data = data.rechunk({0: -1})
+    starts = [np.cumsum((0, *chunks)) for chunks in data.chunks[1:]]
+    block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
+    block_id = np.ravel_multi_index(block_of.T, data.numblocks[1:])
+    order = np.argsort(block_id, kind="stable")
+    bounds = np.flatnonzero(np.diff(block_id[order])) + 1
+    delayed_blocks = data.to_delayed()
+    tasks, positions = [], []
+    for rows in np.split(order, bounds):
+        if len(rows) == 0:
+            continue
+        b = tuple(block_of[rows[0]])
+        local = coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])
+        tasks.append(dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(0, *b)], tuple(local.T)))
+        positions.append(rows)
+    for rows, block_values in zip(positions, dask.compute(*tasks), strict=True):
+        values[:, rows] = block_values
+    return values.T, coords

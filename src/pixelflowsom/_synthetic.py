@@ -14,6 +14,7 @@ def make_synthetic_image(
     noise=0.15,
     dtype=np.float32,
     seed=0,
+    layout_seed=None,
 ):
     """Make a multiplexed image of cells, each of one phenotype, with its ground truth.
 
@@ -37,7 +38,10 @@ def make_synthetic_image(
     dtype : numpy dtype, default=numpy.float32
         Data type of the image.
     seed : int, default=0
-        Seed of everything random.
+        Seed of the phenotypes' marker profiles, and of everything else unless ``layout_seed`` is given.
+    layout_seed : int or None, default=None
+        Seed of the tissue layout and the noise: tiles of one large image share ``seed`` (the same phenotypes) and
+        differ in ``layout_seed``.
 
     Returns
     -------
@@ -50,7 +54,8 @@ def make_synthetic_image(
     import xarray as xr
     from scipy.spatial import cKDTree
 
-    rng = np.random.default_rng(seed)
+    profile_rng = np.random.default_rng(seed)
+    rng = profile_rng if layout_seed is None else np.random.default_rng(layout_seed)
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise ValueError(f"shape={shape} must be two or three positive sizes, (y, x) or (z, y, x).")
@@ -59,6 +64,15 @@ def make_synthetic_image(
             f"n_phenotypes={n_phenotypes} and n_channels={n_channels} must both be at least 2 "
             "(a background and one phenotype, two markers)."
         )
+    # Phenotypes get private markers while there are enough channels (two or three each), random ones after that.
+    profiles = np.full((n_phenotypes, n_channels), 0.1)
+    per = int(np.clip(n_channels // (n_phenotypes - 1), 1, 3))
+    order = profile_rng.permutation(n_channels)
+    for ph in range(1, n_phenotypes):
+        markers = order[(ph - 1) * per : ph * per]
+        if len(markers) < per:
+            markers = profile_rng.choice(n_channels, size=min(n_channels, 2), replace=False)
+        profiles[ph, markers] = profile_rng.uniform(1.0, 2.0, size=len(markers))
     n_pixels = int(np.prod(shape))
     n_cells = max(n_phenotypes, int(n_pixels / cell_size ** len(shape) * 1.5))
     centres = rng.uniform(0, 1, size=(n_cells, len(shape))) * np.array(shape)
@@ -67,15 +81,6 @@ def make_synthetic_image(
     grid = np.indices(shape, dtype=np.float32).reshape(len(shape), -1).T
     cell = cKDTree(centres).query(grid, workers=-1)[1]
 
-    # Phenotypes get private markers while there are enough channels (two or three each), random ones after that.
-    profiles = np.full((n_phenotypes, n_channels), 0.1)
-    per = int(np.clip(n_channels // (n_phenotypes - 1), 1, 3))
-    order = rng.permutation(n_channels)
-    for ph in range(1, n_phenotypes):
-        markers = order[(ph - 1) * per : ph * per]
-        if len(markers) < per:
-            markers = rng.choice(n_channels, size=min(n_channels, 2), replace=False)
-        profiles[ph, markers] = rng.uniform(1.0, 2.0, size=len(markers))
     brightness = rng.lognormal(0.0, 0.1, n_cells)
     values = profiles[cell_phenotype[cell]] * brightness[cell][:, None]
     values *= rng.lognormal(0.0, noise, size=values.shape)

@@ -1,0 +1,241 @@
+"""PixelFlowSOM on xarray images: sampling, lazy label images, 3D, lists, schedulers, errors."""
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.metrics import adjusted_rand_score
+from sklearn.pipeline import Pipeline
+
+from pixelflowsom import PixelFlowSOM
+from pixelflowsom._sampling import sample_image
+from pixelflowsom._synthetic import make_synthetic_image
+
+
+@pytest.fixture(scope="module")
+def image2d():
+    image, truth = make_synthetic_image((120, 150), n_channels=6, n_phenotypes=4, seed=0)
+    image = image.copy()
+    image.values[:, :4, :6] = np.nan  # a NaN corner: background, label 0
+    image.values[2, 50, 60] = np.nan  # one NaN channel is enough
+    return image, truth
+
+
+def model(**kwargs):
+    params = {"n_clusters": 4, "xdim": 5, "ydim": 5, "fraction": 0.25, "random_state": 0}
+    return PixelFlowSOM(**{**params, **kwargs})
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_fit_predict_transform_image(image2d):
+    image, truth = image2d
+    m = model().fit(image)
+    np.testing.assert_array_equal(m.feature_names_in_, [f"marker_{i:02d}" for i in range(6)])
+    assert m.n_features_in_ == 6
+    assert m.channels_ == list(image.c.values)
+    labels = m.predict(image)
+    assert isinstance(labels, xr.DataArray)
+    assert isinstance(labels.data, da.Array)
+    assert labels.dims == ("y", "x")
+    assert labels.dtype == np.uint8
+    values = labels.values
+    assert values.dtype == np.uint8  # declared dtype == computed dtype
+    nan = np.isnan(image.values).any(axis=0)
+    assert (values[nan] == 0).all()
+    assert set(np.unique(values[~nan])) == {1, 2, 3, 4}
+    assert adjusted_rand_score(truth[~nan], values[~nan]) > 0.95
+    stack = m.transform(image)
+    assert stack.dims == ("label", "y", "x")
+    assert list(stack.coords["label"].values) == ["som_node", "metacluster"]
+    nodes, metas = stack.values
+    assert nodes.max() <= 25
+    assert (nodes[nan] == 0).all()
+    np.testing.assert_array_equal(metas, values)
+    np.testing.assert_array_equal(metas[~nan], m.node_metacluster_[nodes[~nan] - 1] + 1)
+    # The same pixels through the tabular path (0-based there).
+    table = image.values.reshape(6, -1).T[~nan.ravel()]
+    np.testing.assert_array_equal(m.transform(table)[:, 0] + 1, nodes[~nan])
+    np.testing.assert_array_equal(m.labels_.values, values)
+
+
+def test_sample_size_and_nan_dropping(image2d):
+    image, _ = image2d
+    m = model().fit(image)
+    n_pixels = 120 * 150
+    coords = m.sample_coords_[0]
+    values = image.values[:, coords[:, 0], coords[:, 1]]
+    assert np.isfinite(values).all()
+    n_nan_sampled = int(0.25 * n_pixels) - len(coords)
+    assert 0 < n_nan_sampled <= 25  # exactly int(fraction * n) drawn, then the NaN ones dropped
+    assert m.n_samples_fit_ == len(coords)
+    assert len(np.unique(coords[:, 0] * 150 + coords[:, 1])) == len(coords)
+
+
+@pytest.mark.parametrize(
+    "chunks", [{"c": 1, "y": 17, "x": 33}, {"c": 6, "y": 120, "x": 150}, {"c": 2, "y": 64, "x": 8}]
+)
+def test_chunking_does_not_change_sample_model_or_labels(image2d, chunks):
+    image, _ = image2d
+    reference = model().fit(image)
+    chunked = image.chunk(chunks)
+    m = model().fit(chunked)
+    np.testing.assert_array_equal(m.sample_coords_[0], reference.sample_coords_[0])
+    np.testing.assert_array_equal(m.codes_, reference.codes_)
+    np.testing.assert_array_equal(m.predict(chunked).values, reference.predict(image).values)
+
+
+def test_sampling_reads_each_chunk_once_and_only_chunks_with_samples():
+    data = np.arange(2 * 100 * 100, dtype=np.float32).reshape(2, 100, 100)
+    seen = []
+
+    def record(block, block_info=None):
+        seen.append(tuple(block_info[0]["chunk-location"]))
+        return block
+
+    lazy = da.from_array(data, chunks=(1, 10, 10)).map_blocks(record, dtype=data.dtype)
+    with dask.config.set(scheduler="synchronous"):
+        values, coords = sample_image(lazy, 0.001, 3)
+    assert len(coords) == 10
+    np.testing.assert_array_equal(values, data[:, coords[:, 0], coords[:, 1]].T)
+    touched = {(c, y // 10, x // 10) for y, x in coords for c in range(2)}
+    assert sorted(seen) == sorted(touched)  # every touched chunk once, no other chunk
+
+
+def test_output_chunks_parameter(image2d):
+    image, _ = image2d
+    m = model(chunks=(40, 50)).fit(image.chunk({"y": 30}))
+    out = m.transform(image)
+    assert out.data.chunks == ((2,), (40, 40, 40), (50, 50, 50))
+    assert model(chunks=64).fit(image).predict(image).data.chunks == ((64, 56), (64, 64, 22))
+    np.testing.assert_array_equal(out.values, model().fit(image).transform(image).values)
+
+
+def test_single_map_blocks_layer_and_one_payload_key(image2d):
+    image, _ = image2d
+    out = model().fit(image).predict(image.chunk({"y": 40}))
+    graph = out.data.__dask_graph__()
+    label_layers = [name for name in graph.layers if name.startswith("pixelflowsom-metaclusters")]
+    assert len(label_layers) == 1
+    payload_keys = [k for k in graph if str(k).startswith("SOMModel")]
+    assert len(payload_keys) == 1
+
+
+def test_channels_by_name_and_int_labels(image2d):
+    image, truth = image2d
+    by_name = model(channels=["marker_03", "marker_01"]).fit(image)
+    np.testing.assert_array_equal(by_name.feature_names_in_, ["marker_03", "marker_01"])
+    assert by_name.codes_.shape == (25, 2)
+    # Ints select by coordinate label, as sel(c=...) does, not by position.
+    int_image = image.assign_coords(c=[10, 11, 12, 13, 14, 15])
+    by_int = model(channels=[13, 11]).fit(int_image)
+    np.testing.assert_array_equal(by_int.codes_, by_name.codes_)
+    np.testing.assert_array_equal(by_int.feature_names_in_, ["13", "11"])
+    single = model(channels="marker_02").fit(image)
+    assert single.n_features_in_ == 1
+    # Later images are matched by channel name, whatever their channel order.
+    shuffled = image.isel(c=[5, 4, 3, 2, 1, 0])
+    np.testing.assert_array_equal(by_name.predict(shuffled).values, by_name.predict(image).values)
+
+
+def test_list_of_images_one_model_different_samples(image2d):
+    image, _ = image2d
+    other, _ = make_synthetic_image((60, 80), n_channels=6, n_phenotypes=4, seed=1)
+    m = model().fit([image, image, other])
+    a, b, c = m.sample_coords_
+    assert not np.array_equal(a, b)  # same-shaped images get their own samples
+    assert len(c) == int(0.25 * 60 * 80)
+    out = m.predict([image, other])
+    assert isinstance(out, list)
+    assert [o.shape for o in out] == [(120, 150), (60, 80)]
+    assert m.n_samples_fit_ == len(a) + len(b) + len(c)
+
+
+def test_3d_image():
+    image, truth = make_synthetic_image((6, 40, 50), n_channels=4, n_phenotypes=3, seed=2)
+    m = model(n_clusters=3).fit(image.chunk({"z": 2, "y": 25}))
+    assert m.sample_coords_[0].shape[1] == 3
+    labels = m.predict(image)
+    assert labels.dims == ("z", "y", "x")
+    assert m.transform(image).shape == (2, 6, 40, 50)
+    assert adjusted_rand_score(truth.ravel(), labels.values.ravel()) > 0.95
+
+
+def test_integer_image_and_datatree(image2d):
+    image, _ = image2d
+    ints = (image.fillna(0) * 1000).astype(np.uint16)
+    m = model().fit(ints)
+    assert m.predict(ints.chunk({"y": 50})).values.min() >= 1
+    tree = xr.DataTree.from_dict(
+        {"scale0": ints.to_dataset(name="image"), "scale1": ints[:, ::2, ::2].to_dataset(name="image")}
+    )
+    np.testing.assert_array_equal(model().fit(tree).codes_, m.codes_)
+
+
+def test_larger_than_255_nodes_uses_uint16(image2d):
+    image, _ = image2d
+    m = model(xdim=16, ydim=16, fraction=1.0).fit(image)
+    assert m.transform(image).dtype == np.uint16
+    assert m.predict(image).dtype == np.uint8
+    assert m.transform(image).values.dtype == np.uint16
+
+
+def test_distributed_processes(image2d):
+    distributed = pytest.importorskip("distributed")
+    image, _ = image2d
+    chunked = image.chunk({"y": 40, "x": 50})
+    expected = model().fit(image)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster),
+    ):
+        m = model().fit(chunked)
+        labels = m.transform(chunked).compute()
+    np.testing.assert_array_equal(m.codes_, expected.codes_)
+    np.testing.assert_array_equal(labels.values, expected.transform(image).values)
+
+
+def test_pipeline_with_images(image2d):
+    image, _ = image2d
+    pipe = Pipeline([("som", model())]).fit(image)
+    np.testing.assert_array_equal(pipe.predict(image).values, model().fit(image).predict(image).values)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda im: im.rename(c="channel"), ValueError, r"unknown dims \['channel'\]"),
+        (lambda im: im.isel(c=0), ValueError, "dims \\('y', 'x'\\).*a 'c' \\(channel\\) dim is missing"),
+        (lambda im: im.expand_dims(t=1), ValueError, r"unknown dims \['t'\]"),
+        (lambda im: im.rename(y="z"), ValueError, "a 2D one 'y' and 'x'"),
+        (lambda im: im.astype(str), TypeError, "dtype <U.*expected a numeric image"),
+        (lambda im: [im, im.expand_dims(z=2, axis=1)], ValueError, "All images must have the same dims"),
+        (lambda im: [im, im.drop_sel(c="marker_01")], KeyError, r"\['marker_01'\] not found in image at position 1"),
+        (lambda im: im.rename("tissue").drop_sel(c="marker_01"), KeyError, "not found in image 'tissue'; available"),
+        (lambda im: im.rename("allnan") * np.nan, ValueError, "All 4500 sampled pixels of image 'allnan' have a NaN"),
+        (lambda im: im[:, :1, :3], ValueError, "fraction=0.25 of the 3 pixels samples no pixel"),
+    ],
+)
+def test_bad_images(image2d, make, error, match):
+    image, _ = image2d
+    with pytest.raises(error, match=match):
+        model(channels=["marker_00", "marker_01"]).fit(make(image))
+
+
+def test_later_image_with_other_channels(image2d):
+    image, _ = image2d
+    m = model(channels=["marker_00", "marker_01"]).fit(image)
+    with pytest.raises(KeyError, match=r"Channel\(s\) \['marker_01'\] not found in image 'new'"):
+        m.predict(image.drop_sel(c="marker_01").rename("new"))
+    table_model = model().fit(image.values.reshape(6, -1).T[~np.isnan(image.values).any(0).ravel()])
+    with pytest.raises(ValueError, match="has 5 channels, but PixelFlowSOM was fitted on 6 features"):
+        table_model.predict(image.isel(c=slice(0, 5)))
+    assert table_model.predict(image).shape == (120, 150)
+
+
+def test_bad_channels_parameter(image2d):
+    image, _ = image2d
+    with pytest.raises(ValueError, match="must name at least one channel, each once"):
+        model(channels=["marker_00", "marker_00"]).fit(image)
+    with pytest.raises(ValueError, match="must name at least one channel"):
+        model(channels=[]).fit(image)
