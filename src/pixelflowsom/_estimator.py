@@ -298,14 +298,15 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def _fit_keeping_sample(self, X):
+    def _fit_keeping_sample(self, X, trainer=None):
         """Fit on images and also return the training sample: ``(values, coords, image_index)``.
 
-        For :mod:`pixelflowsom.harpy`, which reports the sampled pixels; the estimator itself does not keep them.
+        For :mod:`pixelflowsom.harpy`, which reports the sampled pixels (the estimator itself does not keep them)
+        and may train with a flowsom model instead: ``trainer(sample)`` then returns ``(codes, node_metacluster)``.
         """
-        return self._fit(X, keep_sample=True)
+        return self._fit(X, keep_sample=True, trainer=trainer)
 
-    def _fit(self, X, keep_sample=False):
+    def _fit(self, X, keep_sample=False, trainer=None):
         alpha = self._check_params()
         if not _images.is_image_input(X):
             return self._fit_table(X, alpha)
@@ -331,7 +332,13 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
             values.append(v[finite])
             coords.append(c[finite])
         sample = np.concatenate(values)
-        self._fit_sample(sample, alpha, random_state)
+        if trainer is None:
+            self._fit_sample(sample, alpha, random_state)
+        else:
+            codes, node_metacluster = trainer(sample)
+            self.metaclustering_ = None
+            self._set_model(codes, node_metacluster, sample)
+            self.n_iter_ = self.rlen * self.mst
         self.sample_coords_ = coords
         self.labels_ = self._label_images(images, single, layers="metacluster")
         if keep_sample:
@@ -358,37 +365,47 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _fit_sample(self, sample, alpha, random_state):
         """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes."""
+        codes, n_iter = self._train_som(sample, alpha, random_state)
+        self.metaclustering_ = self._fit_metaclustering(codes, random_state)
+        self._set_model(codes, self.metaclustering_.labels_, sample)
+        self.n_iter_ = n_iter
+
+    def _train_som(self, sample, alpha, random_state):
         n_nodes = self.xdim * self.ydim
-        replace = sample.shape[0] < n_nodes
-        if replace:
+        if sample.shape[0] < n_nodes:
             warnings.warn(
                 f"Only {sample.shape[0]} rows were sampled for {n_nodes} SOM nodes: the initial codes are drawn with "
                 "replacement. Raise fraction, pass more data or use a smaller grid.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        codes = sample[random_state.choice(sample.shape[0], size=n_nodes, replace=replace)]
-        nhbrdist = _som.grid_distances(self.xdim, self.ydim)
-        n_iter = 0
-        for phase, (radii, alphas) in enumerate(_som.radius_alpha_schedule(nhbrdist, alpha, self.mst)):
-            if phase > 0:
-                nhbrdist = _som.mst_distances(codes)
-            if self.som == "online":
-                codes, it = _som.online_som(
-                    sample, codes, nhbrdist, self.rlen, alphas, radii, random_state, ydim=self.ydim if phase == 0 else 0
-                )
-            else:
-                codes, it = _som.batch_som(sample, codes, nhbrdist, self.rlen, radii)
-            n_iter += it
+        return _som.train_som(
+            sample,
+            self.xdim,
+            self.ydim,
+            rlen=self.rlen,
+            mst=self.mst,
+            alpha=alpha,
+            som=self.som,
+            random_state=random_state,
+        )
 
-        self.metaclustering_ = self._fit_metaclustering(codes, random_state)
-        self.node_metacluster_ = np.asarray(self.metaclustering_.labels_, dtype=np.int64)
-        self.codes_ = codes
+    def _set_model(self, codes, node_metacluster, sample):
+        """Adopt trained codes and their node-to-metacluster map; ``sample`` is what they were trained on."""
+        self.codes_ = np.asarray(codes, dtype=np.float64)
+        self.node_metacluster_ = np.asarray(node_metacluster, dtype=np.int64)
         self.grid_ = _som.grid_coordinates(self.xdim, self.ydim)
-        _, dist = nearest_nodes(sample, codes, return_distances=True)
+        _, dist = nearest_nodes(sample, self.codes_, return_distances=True)
         self.quantization_error_ = float(dist.mean())
         self.n_samples_fit_ = sample.shape[0]
-        self.n_iter_ = n_iter
+
+    def _fit_som_only(self, sample):
+        """Train only the SOM on a finite in-memory sample (for flowsom's cluster-model interface)."""
+        self._validate_params()
+        alpha = self._check_params()
+        codes, self.n_iter_ = self._train_som(sample, alpha, check_random_state(self.random_state))
+        self.codes_ = codes
+        return self
 
     def _fit_metaclustering(self, codes, random_state):
         model = default_metaclustering() if self.metaclustering is None else clone(self.metaclustering)

@@ -323,3 +323,47 @@ def batch_som(data, codes, nhbrdist, rlen, radii, n_threads=None):
             return new, epoch + 1
         codes = new
     return codes, rlen
+
+
+def train_som(sample, xdim, ydim, *, rlen, mst, alpha, som, random_state):
+    """Train a ``xdim`` x ``ydim`` SOM on ``sample``: FlowSOM's initialisation, then ``mst`` phases.
+
+    Parameters
+    ----------
+    sample
+        ``(n, p)`` finite float64 training data.
+    xdim, ydim
+        Grid size.
+    rlen, mst, alpha
+        FlowSOM's passes per phase, number of phases and learning-rate schedule.
+    som
+        ``"online"`` (:func:`online_som`) or ``"batch"`` (:func:`batch_som`).
+    random_state
+        A :class:`numpy.random.RandomState` (initial codes, then the online updates).
+
+    Returns
+    -------
+    codes : numpy.ndarray
+        ``(xdim * ydim, p)`` trained codes.
+    n_iter : int
+        Passes (online) or epochs (batch) run, summed over the phases.
+
+    Notes
+    -----
+    The initial codes are ``xdim * ydim`` distinct rows of ``sample``; with fewer rows than nodes they are drawn
+    with replacement (R FlowSOM would fail).
+    """
+    n_nodes = xdim * ydim
+    codes = sample[random_state.choice(sample.shape[0], size=n_nodes, replace=sample.shape[0] < n_nodes)]
+    nhbrdist = grid_distances(xdim, ydim)
+    n_iter = 0
+    for phase, (radii, alphas) in enumerate(radius_alpha_schedule(nhbrdist, alpha, mst)):
+        if phase > 0:
+            nhbrdist = mst_distances(codes)
+        if som == "online":
+            ydim_arg = ydim if phase == 0 else 0
+            codes, it = online_som(sample, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=ydim_arg)
+        else:
+            codes, it = batch_som(sample, codes, nhbrdist, rlen, radii)
+        n_iter += it
+    return codes, n_iter

@@ -1,0 +1,311 @@
+"""A genuine :class:`flowsom.FlowSOM` built from an already computed SOM, without ``FlowSOM.__init__``.
+
+``FlowSOM.__init__`` trains its own model and then fills the per-node tables of ``mudata["cluster_data"]`` with a
+pandas loop over the nodes (``FlowSOM._update_derived_values`` and ``FlowSOM.test_outliers`` filter the whole sample
+once per node and statistic), which is slow on big samples. :func:`build_flowsom` creates the instance with
+``FlowSOM.__new__``, reads the sample in with flowsom's own ``read_input`` and computes the same fields, values and
+dtypes vectorised (``bincount`` and pandas groupby), quirks included.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from flowsom import FlowSOM
+from mudata import MuData
+
+__all__ = ["build_flowsom"]
+
+
+def build_flowsom(
+    X,
+    var_names: Sequence[str],
+    clustering,
+    metaclustering,
+    distances,
+    codes,
+    node_metacluster,
+    *,
+    model,
+    xdim: int,
+    ydim: int,
+    n_clusters: int,
+    rlen: int = 10,
+    mst: int = 1,
+    alpha: tuple[float, float] = (0.05, 0.01),
+    seed: int | None = None,
+    mad_allowed=4,
+    obs: pd.DataFrame | Mapping | None = None,
+    obsm: Mapping[str, np.ndarray] | None = None,
+) -> FlowSOM:
+    """Build the :class:`flowsom.FlowSOM` that ``FlowSOM.__init__`` would build, from a computed clustering.
+
+    The result is what ``FlowSOM(ad.AnnData(X, obs=obs, obsm=obsm), n_clusters, xdim=xdim, ...)`` gives when its
+    model yields ``clustering``, ``metaclustering``, ``distances``, ``codes`` and ``node_metacluster``: the same
+    instance attributes and the same ``mudata["cell_data"]`` and ``mudata["cluster_data"]`` (fields, values, dtypes,
+    names), but without training a model and with the per-node tables computed vectorised.
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` values of the sampled pixels, the clustering channels only. Kept as is (dtype included) as
+        ``cell_data.X``.
+    var_names
+        The ``p`` channel names.
+    clustering
+        ``(n,)`` 0-based SOM node of each row, in ``[0, xdim * ydim)``.
+    metaclustering
+        ``(n,)`` 0-based metacluster of each row.
+    distances
+        ``(n,)`` Euclidean distance of each row to the code of its node.
+    codes
+        ``(xdim * ydim, p)`` SOM codes; must equal ``model.codes``.
+    node_metacluster
+        ``(xdim * ydim,)`` 0-based metacluster of each node (flowsom's ``model._y_codes``).
+    model
+        Fitted flowsom model (e.g. :class:`flowsom.models.FlowSOMEstimator`) attached as ``fsom.model``. Its
+        ``codes`` give the minimal spanning tree (``cluster_data.obsm["layout"]`` and ``cluster_data.uns["graph"]``,
+        by ``FlowSOM.build_MST``).
+    xdim, ydim
+        SOM grid dimensions.
+    n_clusters
+        Number of metaclusters (``cell_data.uns["n_metaclusters"]``).
+    rlen, mst, alpha, seed
+        SOM training parameters, stored as the attributes of the same names.
+    mad_allowed
+        Number of median absolute deviations allowed by the outlier test (``cluster_data.uns["outliers"]``).
+    obs
+        Extra ``cell_data.obs`` columns, one value per row of ``X``, matched by position (its index is ignored:
+        ``cell_data.obs_names`` are ``"0"``, ..., ``str(n - 1)``). flowsom's columns ``"clustering"``,
+        ``"distance_to_bmu"`` and ``"metaclustering"`` come after these and replace extras of the same name, as
+        they do in ``FlowSOM.__init__``.
+    obsm
+        Extra ``cell_data.obsm`` arrays (e.g. ``"spatial"``), ``n`` rows each.
+
+    Returns
+    -------
+    flowsom.FlowSOM
+        The FlowSOM object.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, labels are not integers or ``clustering`` is outside ``[0, xdim * ydim)``, the
+        channel names are not unique, or ``model.codes`` differs from ``codes``.
+
+    Notes
+    -----
+    flowsom's quirks are reproduced on purpose, since callers compare with what flowsom puts there:
+
+    - ``cluster_data.obsm["cv_values"]``, ``"sd_values"`` and ``"mad_values"`` have ``p + 1`` columns, the first
+      being the statistic of the ``clustering`` column itself (``0``, except the coefficient of variation of node 0,
+      NaN because a zero mean becomes NaN). They are computed in float64 (the dtype of flowsom's frame of labels and
+      values), with NaN values skipped, and are NaN on nodes that win no row.
+    - ``cluster_data.uns["outliers"]`` reproduces ``FlowSOM.test_outliers`` comparing the 0-based labels with
+      ``node + 1``: row ``i`` holds the statistics of the rows of node ``i + 1`` and the last row is all ``0``. Its
+      distance columns are float64, or int64 when every row is ``0``, as pandas infers them from flowsom's lists.
+    - ``cell_data.var["cols_used"]`` is an object column of Python bools, and ``mudata`` itself keeps its empty
+      global ``obs``/``var`` (flowsom replaces the modalities without ``mudata.update()``).
+
+    Only floating point sums may differ from flowsom's, in the last bits (``bincount`` instead of numpy's pairwise
+    summation, for the means and standard deviations); medians are exact.
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty 2D array, got shape {X.shape}.")
+    n, p = X.shape
+    n_nodes = xdim * ydim
+    names = pd.Index([str(v) for v in var_names], dtype=object)
+    if len(names) != p:
+        raise ValueError(f"var_names has {len(names)} names for {p} columns of X.")
+    if not names.is_unique:
+        raise ValueError("var_names must be unique.")
+    clustering = _labels(clustering, "clustering", n)
+    if clustering.min() < 0 or clustering.max() >= n_nodes:
+        raise ValueError(f"clustering must lie in [0, xdim * ydim) = [0, {n_nodes}).")
+    metaclustering = _labels(metaclustering, "metaclustering", n)
+    node_metacluster = _labels(node_metacluster, "node_metacluster", n_nodes)
+    distances = np.asarray(distances, dtype=np.float64)
+    if distances.shape != (n,):
+        raise ValueError(f"distances must have shape ({n},), got {distances.shape}.")
+    codes = np.asarray(codes)
+    if codes.shape != (n_nodes, p):
+        raise ValueError(f"codes must have shape ({n_nodes}, {p}), got {codes.shape}.")
+    model_codes = np.asarray(model.codes)
+    if model_codes.shape != codes.shape or not np.array_equal(model_codes, codes, equal_nan=True):
+        raise ValueError("model.codes must equal codes (the minimal spanning tree is built from model.codes).")
+
+    if obs is not None:
+        obs = pd.DataFrame(obs)
+        if len(obs) != n:
+            raise ValueError(f"obs has {len(obs)} rows for {n} rows of X.")
+        obs = obs.set_axis(pd.RangeIndex(n).astype(str), axis=0)  # anndata's default obs_names
+    adata = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=names), obsm=None if obsm is None else dict(obsm))
+
+    # FlowSOM.__init__ without the model training: the same attributes, the same MuData, the same read_input
+    fsom = FlowSOM.__new__(FlowSOM)
+    fsom.cols_to_use = None
+    fsom.mad_allowed = mad_allowed
+    fsom.xdim = xdim
+    fsom.ydim = ydim
+    fsom.rlen = rlen
+    fsom.mst = mst
+    fsom.alpha = alpha
+    fsom.seed = seed
+    fsom.n_clusters = n_clusters
+    fsom.model = model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning)
+        fsom.mudata = MuData({"cell_data": ad.AnnData(), "cluster_data": ad.AnnData()})
+    fsom.read_input(adata)
+
+    # FlowSOM._update_derived_values, vectorised
+    cell = fsom.mudata["cell_data"]
+    cell.obs["clustering"] = clustering
+    cell.obs["distance_to_bmu"] = distances
+    cell.uns["n_nodes"] = n_nodes
+    cell.var["cols_used"] = np.array(col in fsom.cols_to_use for col in cell.var_names)  # object bools, as flowsom
+    cell.uns["n_metaclusters"] = n_clusters
+    cell.obs["metaclustering"] = metaclustering
+
+    counts = np.bincount(clustering, minlength=n_nodes)
+    medians = _group_median(X, clustering, n_nodes)  # flowsom's groupby("clustering").median(), in X's dtype
+    cluster = ad.AnnData(medians)
+    cluster.var_names = cell.var_names
+    cv_values, sd_values, mad_values = _node_spread(X, clustering, n_nodes, medians)
+    cluster.obsm["cv_values"] = cv_values
+    cluster.obsm["sd_values"] = sd_values
+    cluster.obsm["mad_values"] = mad_values
+    cluster.obs["percentages"] = np.divide(counts, np.sum(counts))
+    cluster.obs["metaclustering"] = node_metacluster
+    cluster.uns["xdim"] = xdim
+    cluster.uns["ydim"] = ydim
+    cluster.obsm["codes"] = codes
+    grid = np.meshgrid(np.arange(xdim), np.arange(ydim), indexing="ij")
+    cluster.obsm["grid"] = np.stack(grid, axis=-1).reshape(-1, 2).astype(np.int64)
+    cluster.uns["outliers"] = _outliers(distances, clustering, n_nodes, mad_allowed).reset_index()
+    fsom.mudata.mod["cluster_data"] = cluster
+
+    df = cell.to_df()
+    df["metaclustering"] = cell.obs["metaclustering"]
+    cluster.uns["metacluster_MFIs"] = df.groupby("metaclustering").median()
+
+    FlowSOM.build_MST(fsom)
+    return fsom
+
+
+def _labels(values, name: str, n: int) -> np.ndarray:
+    """``values`` as the int64 labels flowsom's models give, checked to be ``n`` integers."""
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}.")
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr)):
+        return arr.astype(np.int64)
+    raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}.")
+
+
+def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, medians: np.ndarray):
+    """Per-node coefficient of variation, standard deviation and median absolute deviation, as flowsom has them.
+
+    flowsom computes them, node by node, on the float64 frame ``[clustering, X]`` with ``np.nanstd``,
+    ``np.nanstd / np.nanmean`` (a zero mean made NaN) and ``scipy.stats.median_abs_deviation(nan_policy="omit")``;
+    nodes without rows get NaN. ``medians`` are the per-node medians of ``X`` (``cluster_data.X``), reused when ``X``
+    is float64.
+
+    Returns
+    -------
+    cv_values, sd_values, mad_values : numpy.ndarray
+        ``(n_nodes, p + 1)`` float64 each; column 0 is the ``clustering`` column.
+    """
+    values = np.asarray(X, dtype=np.float64)
+    if X.dtype != np.float64:
+        medians = _group_median(values, clustering, n_nodes)
+    p = values.shape[1]
+    counts = np.bincount(clustering, minlength=n_nodes)
+    filled = counts > 0
+    any_nan = bool(np.isnan(values).any())
+    nodes = np.arange(n_nodes, dtype=np.float64)
+
+    means = np.full((n_nodes, p + 1), np.nan)
+    sd_values = np.full((n_nodes, p + 1), np.nan)
+    mad_values = np.full((n_nodes, p + 1), np.nan)
+    # the clustering column is constant on a node: mean the node, standard deviation and mad 0
+    means[filled, 0] = nodes[filled]
+    sd_values[filled, 0] = 0.0
+    mad_values[filled, 0] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(p):  # a loop over the channels, each step vectorised over rows and nodes
+            column = values[:, j]
+            if any_nan:  # np.nanmean and np.nanstd count and sum the non-NaN values only
+                valid = ~np.isnan(column)
+                n_valid = np.bincount(clustering, weights=valid, minlength=n_nodes)
+                mean = np.bincount(clustering, weights=np.where(valid, column, 0.0), minlength=n_nodes) / n_valid
+                deviation = np.where(valid, column - mean[clustering], 0.0)
+            else:
+                n_valid = counts
+                mean = np.bincount(clustering, weights=column, minlength=n_nodes) / n_valid
+                deviation = column - mean[clustering]
+            sd = np.sqrt(np.bincount(clustering, weights=deviation * deviation, minlength=n_nodes) / n_valid)
+            means[filled, j + 1] = mean[filled]
+            sd_values[filled, j + 1] = sd[filled]
+        means[means == 0] = np.nan
+        cv_values = sd_values / means
+
+    # median absolute deviation, NaN omitted: pandas' groupby median skips NaN and, like numpy's median, averages
+    # the two middle values of an even count
+    deviation = np.asarray(medians, dtype=np.float64)[clustering]
+    np.subtract(values, deviation, out=deviation)
+    np.abs(deviation, out=deviation)
+    mad_values[filled, 1:] = _group_median(deviation, clustering, n_nodes)[filled]
+    return cv_values, sd_values, mad_values
+
+
+def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int) -> np.ndarray:
+    """NaN-skipping median of each column of ``values`` per label (pandas' groupby), NaN rows for empty labels."""
+    return pd.DataFrame(values, copy=False).groupby(labels).median().reindex(range(n_nodes)).to_numpy()
+
+
+def _outliers(distances: np.ndarray, clustering: np.ndarray, n_nodes: int, mad_allowed) -> pd.DataFrame:
+    """``FlowSOM.test_outliers(mad_allowed)`` (without reference or channels), vectorised.
+
+    flowsom selects the rows of node ``cl`` with ``clustering == cl + 1`` on 0-based labels, so row ``i`` of the
+    table describes node ``i + 1`` and the last row is ``0``. Per node it takes ``np.median`` and
+    ``scipy.stats.median_abs_deviation`` (both NaN when a distance is NaN), ``np.max`` on the pandas Series (which
+    skips NaN) and counts the distances above ``median + mad_allowed * mad``; an empty node gives integer ``0``.
+    """
+    counts = np.bincount(clustering, minlength=n_nodes)
+    has_nan = np.bincount(clustering, weights=np.isnan(distances), minlength=n_nodes) > 0
+    median = _group_median(distances[:, None], clustering, n_nodes)[:, 0]
+    median[has_nan] = np.nan
+    mad = _group_median(np.abs(distances - median[clustering])[:, None], clustering, n_nodes)[:, 0]
+    maximum = pd.Series(distances).groupby(clustering).max().reindex(range(n_nodes)).to_numpy(dtype=np.float64)
+
+    # shift by one node: row i is node i + 1, the last row has no node
+    shown = np.append(counts[1:] > 0, False)
+    if shown.any():
+        median_dist = np.where(shown, np.append(median[1:], 0.0), 0.0)
+        mad_dist = np.where(shown, np.append(mad[1:], 0.0), 0.0)
+        max_dist = np.where(shown, np.append(maximum[1:], 0.0), 0.0)
+    else:  # flowsom's lists then hold the integer 0 only
+        median_dist = mad_dist = max_dist = np.zeros(n_nodes, dtype=np.int64)
+    thresholds = np.add(median_dist, np.multiply(mad_allowed, mad_dist))
+
+    shifted = clustering >= 1
+    node = clustering[shifted] - 1
+    above = distances[shifted] > thresholds[node]
+    n_outliers = np.bincount(node[above], minlength=n_nodes).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "median_dist": median_dist,
+            "median_absolute_deviation": mad_dist,
+            "threshold": thresholds,
+            "number_of_outliers": n_outliers,
+            "maximum_outlier_distance": max_dist,
+        }
+    )

@@ -1,0 +1,362 @@
+"""The harpy.im.flowsom contract (../shared/CONTRACT.md), point by point, on synthetic SpatialData."""
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import dask.array as da
+import flowsom
+import numpy as np
+import pandas as pd
+import pytest
+import spatialdata as sd
+import xarray as xr
+from spatialdata.models import Image2DModel, Image3DModel, Labels2DModel
+from spatialdata.transformations import Identity, Scale, get_transformation
+
+import pixelflowsom.harpy as hp
+from pixelflowsom._synthetic import make_synthetic_image
+
+CHANNELS = [f"marker_{i:02d}" for i in range(6)]
+
+
+def image_element(shape=(90, 110), seed=0, nan_corner=True, chunks=None):
+    image, _ = make_synthetic_image(shape, n_channels=6, n_phenotypes=4, seed=seed)
+    values = image.values.copy()
+    if nan_corner:
+        values[(slice(None), *(slice(0, 3) for _ in shape))] = np.nan
+        values[(1, *(s // 2 for s in shape))] = np.nan
+    dims = ("c", "y", "x") if len(shape) == 2 else ("c", "z", "y", "x")
+    model = Image2DModel if len(shape) == 2 else Image3DModel
+    chunks = chunks or dict.fromkeys(dims[1:], 40) | {"c": 6}
+    return model.parse(
+        values,
+        dims=dims,
+        c_coords=CHANNELS,
+        chunks=chunks,
+        transformations={"global": Identity(), "microns": Scale([0.5, 0.5], axes=("y", "x"))}
+        if len(shape) == 2
+        else None,
+    )
+
+
+def make_sdata():
+    return sd.SpatialData(
+        images={"a": image_element(seed=0), "b": image_element(seed=1), "other": image_element((30, 40), seed=2)}
+    )
+
+
+@pytest.fixture
+def sdata():
+    return make_sdata()
+
+
+@pytest.fixture
+def backed(tmp_path):
+    path = tmp_path / "store.zarr"
+    make_sdata().write(path)
+    return sd.read_zarr(path)
+
+
+def run(sdata, images="a", clusters="a_clusters", metaclusters="a_metaclusters", **kwargs):
+    params = {"n_clusters": 4, "fraction": 0.3, "xdim": 5, "ydim": 5} | kwargs
+    return hp.im.flowsom(sdata, images, clusters, metaclusters, **params)
+
+
+def nan_mask(element):
+    return np.isnan(np.asarray(element.values)).any(axis=0)
+
+
+def snapshot(path):
+    """Every file under a store with its size and modification time: a failed call must leave it as it was."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).rglob("*") if p.is_file()
+    }
+
+
+# ----------------------------------------------------------------------------- what is written
+
+
+def test_labels_written_with_contract_properties(sdata):
+    out, fsom, mapping = run(sdata)
+    assert out is sdata
+    clusters, metaclusters = sdata.labels["a_clusters"], sdata.labels["a_metaclusters"]
+    for labels in (clusters, metaclusters):
+        assert labels.dims == ("y", "x")
+        assert labels.shape == (90, 110)
+        assert labels.dtype == np.uint8
+        assert labels.data.compute().dtype == np.uint8  # declared dtype == computed dtype
+        assert get_transformation(labels, get_all=True) == get_transformation(sdata.images["a"], get_all=True)
+    nodes, metas = clusters.values, metaclusters.values
+    nan = nan_mask(sdata.images["a"])
+    assert (nodes[nan] == 0).all()
+    assert (metas[nan] == 0).all()
+    assert nodes[~nan].min() >= 1
+    assert nodes.max() <= 25
+    assert set(np.unique(metas[~nan])) <= {1, 2, 3, 4}
+    np.testing.assert_array_equal(metas[~nan], mapping.loc[nodes[~nan]].to_numpy())
+
+
+def test_mapping_shape(sdata):
+    _, fsom, mapping = run(sdata)
+    assert isinstance(mapping, pd.Series)
+    assert mapping.name == "metaclustering"
+    assert mapping.dtype == np.int64
+    assert mapping.index.dtype == np.int64
+    assert mapping.index.name is None
+    np.testing.assert_array_equal(mapping.index, np.arange(1, 26))
+    np.testing.assert_array_equal(mapping.to_numpy(), fsom.model._y_codes + 1)
+    assert set(mapping) <= {1, 2, 3, 4}
+
+
+def test_several_images_with_chunks_tuple_and_uint16(sdata):
+    run(sdata, ["a", "other"], ["ca", "co"], ["ma", "mo"], chunks=(6, 32, 48), xdim=16, ydim=16, n_clusters=5)
+    for name, shape in (("ca", (90, 110)), ("co", (30, 40)), ("ma", (90, 110)), ("mo", (30, 40))):
+        labels = sdata.labels[name]
+        assert labels.shape == shape
+        assert labels.dtype == np.uint16  # the smallest holding 256 nodes
+        assert labels.data.chunks[0][0] == min(32, shape[0])
+        assert labels.data.chunks[1][0] == min(48, shape[1])
+        assert labels.values.dtype == np.uint16
+
+
+def test_channels_by_name_int_and_default(sdata):
+    _, fsom, _ = run(sdata, channels=["marker_04", "marker_01"])
+    assert list(fsom.get_cell_data().var_names) == ["marker_04", "marker_01"]
+    _, fsom_default, _ = run(sdata, clusters="c2", metaclusters="m2")
+    assert list(fsom_default.get_cell_data().var_names) == CHANNELS
+    int_sdata = sd.SpatialData(images={"a": Image2DModel.parse(sdata.images["a"].values, dims=("c", "y", "x"))})
+    _, fsom_int, _ = run(int_sdata, channels=[4, 1])
+    assert list(fsom_int.get_cell_data().var_names) == ["4", "1"]
+    np.testing.assert_array_equal(fsom_int.model.codes, fsom.model.codes)
+
+
+def test_scale_factors_make_multiscale_labels(sdata):
+    run(sdata, scale_factors=[2, 2])
+    labels = sdata.labels["a_metaclusters"]
+    assert isinstance(labels, xr.DataTree)
+    assert sorted(labels.children) == ["scale0", "scale1", "scale2"]
+    assert labels["scale0"]["image"].shape == (90, 110)
+    assert labels["scale1"]["image"].shape == (45, 55)
+    assert labels["scale0"]["image"].dtype == np.uint8
+
+
+def test_3d_images():
+    sdata = sd.SpatialData(images={"vol": image_element((4, 30, 40), chunks={"c": 6, "z": 2, "y": 20, "x": 20})})
+    _, fsom, mapping = hp.im.flowsom(sdata, "vol", "vc", "vm", n_clusters=3, xdim=4, ydim=4, fraction=0.5)
+    assert sdata.labels["vc"].dims == ("z", "y", "x")
+    assert sdata.labels["vm"].shape == (4, 30, 40)
+    assert fsom.get_cell_data().obsm["spatial"].shape[1] == 3
+    nodes, metas = sdata.labels["vc"].values, sdata.labels["vm"].values
+    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+
+
+def test_reproducible_whatever_the_chunking(sdata):
+    run(sdata)
+    rechunked = sd.SpatialData(images={"a": image_element(seed=0, chunks={"c": 1, "y": 13, "x": 110})})
+    run(rechunked, chunks=(6, 29, 31))
+    np.testing.assert_array_equal(rechunked["a_clusters"].values, sdata["a_clusters"].values)
+    np.testing.assert_array_equal(rechunked["a_metaclusters"].values, sdata["a_metaclusters"].values)
+
+
+# ----------------------------------------------------------------------------- the returned FlowSOM object
+
+
+def test_fsom_cell_data(sdata):
+    _, fsom, _ = run(
+        sdata, ["a", "b"], ["ca", "cb"], ["ma", "mb"], instance_key="id", region_key="img", spatial_key="xy"
+    )
+    assert isinstance(fsom, flowsom.FlowSOM)
+    cells = fsom.get_cell_data()
+    n_a = int(0.3 * 90 * 110) - int(nan_mask(sdata.images["a"])[cells.obsm["xy"][:0, 0]].sum())
+    assert list(cells.var_names) == CHANNELS
+    np.testing.assert_array_equal(cells.obs["id"], np.arange(cells.n_obs))
+    assert isinstance(cells.obs["img"].dtype, pd.CategoricalDtype)
+    assert list(cells.obs["img"].cat.categories) == ["a", "b"]
+    coords = cells.obsm["xy"]
+    assert coords.dtype == np.int64
+    assert coords.shape == (cells.n_obs, 2)
+    for name in ("a", "b"):
+        rows = (cells.obs["img"] == name).to_numpy()
+        y, x = coords[rows].T
+        np.testing.assert_array_equal(cells.X[rows], sdata.images[name].values[:, y, x].T)
+        assert np.isfinite(cells.X[rows]).all()
+        assert len(np.unique(y * 1000 + x)) == rows.sum()
+    # different images get different samples
+    ya = coords[(cells.obs["img"] == "a").to_numpy()]
+    yb = coords[(cells.obs["img"] == "b").to_numpy()]
+    assert not np.array_equal(ya[:50], yb[:50])
+    assert n_a > 0
+    for key in ("clustering", "metaclustering"):
+        assert isinstance(cells.obs[key].dtype, pd.CategoricalDtype)
+    clustering = cells.obs["clustering"].astype(int).to_numpy()
+    np.testing.assert_array_equal(cells.obs["metaclustering"].astype(int), fsom.model._y_codes[clustering])
+    d = np.linalg.norm(cells.X - fsom.model.codes[clustering], axis=1)
+    np.testing.assert_allclose(cells.obs["distance_to_bmu"], d, rtol=1e-10)
+    assert cells.uns["n_nodes"] == 25
+    assert cells.uns["n_metaclusters"] == 4
+    assert cells.var["cols_used"].dtype == int
+
+
+def test_fsom_model_and_cluster_data(sdata):
+    _, fsom, _ = run(sdata)
+    model = fsom.model
+    assert isinstance(model, flowsom.models.FlowSOMEstimator)
+    assert model._is_fitted
+    assert model.codes.shape == (25, 6)
+    assert model._y_codes.dtype.kind == "i"
+    clusters = fsom.get_cluster_data()
+    assert clusters.n_obs == 25
+    np.testing.assert_array_equal(clusters.obsm["codes"], model.codes)
+    np.testing.assert_array_equal(clusters.obs["metaclustering"], model._y_codes)
+    for key in ("grid", "layout", "cv_values", "sd_values", "mad_values"):
+        assert key in clusters.obsm
+    for key in ("metacluster_MFIs", "outliers", "graph", "xdim", "ydim"):
+        assert key in clusters.uns
+    assert clusters.obs["percentages"].sum() == pytest.approx(1.0)
+    # flowsom's own plots and new_data work on it
+    import matplotlib
+
+    matplotlib.use("Agg")
+    flowsom.pl.plot_stars(fsom)
+    new = fsom.new_data(ad.AnnData(fsom.get_cell_data().X[:50].copy(), var=fsom.get_cell_data().var[[]]))
+    assert new.get_cell_data().n_obs == 50
+
+
+def test_flowsom_model_class_matches_real_flowsom(sdata):
+    """With model= the SOM trains with flowsom's class: everything equals flowsom.FlowSOM on the same sample."""
+    _, fsom, mapping = run(sdata, model=flowsom.models.FlowSOMEstimator, random_state=7)
+    cells = fsom.get_cell_data()
+    reference = flowsom.FlowSOM(
+        ad.AnnData(np.asarray(cells.X).copy(), var=pd.DataFrame(index=cells.var_names)),
+        n_clusters=4,
+        xdim=5,
+        ydim=5,
+        seed=7,
+    )
+    np.testing.assert_allclose(fsom.model.codes, reference.model.codes)
+    np.testing.assert_array_equal(fsom.model._y_codes, reference.model._y_codes)
+    ref_cells, ref_clusters = reference.get_cell_data(), fsom.get_cluster_data()
+    np.testing.assert_array_equal(cells.obs["clustering"].astype(int), ref_cells.obs["clustering"])
+    np.testing.assert_array_equal(cells.obs["metaclustering"].astype(int), ref_cells.obs["metaclustering"])
+    np.testing.assert_allclose(cells.obs["distance_to_bmu"], ref_cells.obs["distance_to_bmu"], rtol=1e-10)
+    reference_clusters = reference.get_cluster_data()
+    np.testing.assert_allclose(ref_clusters.X, reference_clusters.X, rtol=1e-10)
+    np.testing.assert_array_equal(ref_clusters.obs["percentages"], reference_clusters.obs["percentages"])
+    pd.testing.assert_frame_equal(ref_clusters.uns["outliers"], reference_clusters.uns["outliers"], check_dtype=False)
+    pd.testing.assert_frame_equal(ref_clusters.uns["metacluster_MFIs"], reference_clusters.uns["metacluster_MFIs"])
+    np.testing.assert_array_equal(mapping.to_numpy(), reference.model._y_codes + 1)
+
+
+def test_batch_model_class(sdata):
+    _, fsom, mapping = run(sdata, model=flowsom.models.BatchFlowSOMEstimator)
+    assert isinstance(fsom.model, flowsom.models.BatchFlowSOMEstimator)
+    nodes, metas = sdata["a_clusters"].values, sdata["a_metaclusters"].values
+    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+
+
+def test_metacluster_options_are_flowsoms(sdata):
+    _, fsom, _ = run(sdata, linkage="complete")
+    assert fsom.model.metacluster_model.linkage == "complete"
+
+
+# ----------------------------------------------------------------------------- backed stores, overwrite, client
+
+
+@pytest.mark.parametrize("persist_intermediate", [True, False])
+def test_backed_written_read_back_lazily_nothing_left(backed, persist_intermediate):
+    path = Path(backed.path)
+    before = set(os.listdir(path.parent))
+    run(backed, persist_intermediate=persist_intermediate, write_intermediate=not persist_intermediate)
+    assert set(os.listdir(path.parent)) == before  # no temporary folder left
+    assert sorted(p.name for p in (path / "labels").iterdir() if p.is_dir()) == ["a_clusters", "a_metaclusters"]
+    element = backed.labels["a_metaclusters"]
+    assert isinstance(element.data, da.Array)
+    reread = sd.read_zarr(path)
+    np.testing.assert_array_equal(reread["a_metaclusters"].values, element.values)
+    assert element.dtype == np.uint8
+
+
+def test_backed_equals_in_memory(backed, sdata):
+    run(backed, persist_intermediate=False)
+    run(sdata)
+    np.testing.assert_array_equal(backed["a_clusters"].values, sdata["a_clusters"].values)
+
+
+@pytest.mark.parametrize("use_backed", [False, True])
+def test_overwrite(sdata, backed, use_backed):
+    target = backed if use_backed else sdata
+    target.labels["a_metaclusters"] = Labels2DModel.parse(np.zeros((90, 110), np.uint8), dims=("y", "x"))
+    if use_backed:
+        target.write_element("a_metaclusters")
+    with pytest.raises(ValueError, match="'a_metaclusters' already exists in sdata; pass overwrite=True"):
+        run(target)
+    assert "a_clusters" not in target
+    assert (target["a_metaclusters"].values == 0).all()
+    run(target, overwrite=True)
+    assert target["a_metaclusters"].values.max() > 0
+    if use_backed:
+        assert sd.read_zarr(target.path)["a_metaclusters"].values.max() > 0
+
+
+def test_client_gives_identical_results(sdata):
+    distributed = pytest.importorskip("distributed")
+    run(sdata)
+    expected = sdata["a_clusters"].values
+    other = make_sdata()
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        _, fsom, _ = run(other, client=client)
+        result = other["a_clusters"].values
+    np.testing.assert_array_equal(result, expected)
+
+
+# ----------------------------------------------------------------------------- errors, before any work
+
+
+ERRORS = [
+    ({"images": "nope"}, KeyError, r"Image element\(s\) \['nope'\] not found in sdata; available images: \['a', 'b'"),
+    ({"channels": ["marker_00", "CD3"]}, KeyError, r"\['CD3'\] not found in image 'a'; available channels"),
+    ({"images": ["a", "b"]}, ValueError, "Got 2 image_name, 1 output_cluster_labels_name"),
+    ({"fraction": 0}, ValueError, r"fraction=0 must be a number in \(0, 1\]"),
+    ({"fraction": 1.5}, ValueError, r"fraction=1.5 must be a number in \(0, 1\]"),
+    ({"fraction": "all"}, ValueError, r"fraction='all' must be a number"),
+    ({"n_clusters": 0}, ValueError, "n_clusters=0 must be a positive integer"),
+    ({"n_clusters": 26}, ValueError, r"n_clusters=26 is larger than the number of SOM nodes xdim \* ydim = 25"),
+    ({"clusters": "same", "metaclusters": "same"}, ValueError, r"Output name\(s\) \['same'\] are used more than once"),
+    ({"clusters": "b"}, ValueError, "Output name 'b' is already the name of a images element"),
+    ({"chunks": (40, 40)}, ValueError, r"chunks=\(40, 40\) has 2 sizes; these images need 3: \(c, y, x\)"),
+    ({"chunks": "big"}, TypeError, "chunks='big' must be None"),
+    ({"colour": "red"}, TypeError, r"unexpected keyword argument\(s\) \['colour'\]"),
+    ({"seed": 3}, TypeError, r"unexpected keyword argument\(s\) \['seed'\]"),
+    ({"model": dict}, TypeError, "model=<class 'dict'> must be a flowsom.models.BaseFlowSOMEstimator subclass"),
+    ({"images": 3}, TypeError, "image_name=3 must be a str or an iterable of str"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), ERRORS)
+@pytest.mark.parametrize("use_backed", [False, True])
+def test_errors_leave_sdata_and_store_untouched(sdata, backed, use_backed, kwargs, error, match):
+    target = backed if use_backed else sdata
+    before_elements = sorted(name for _, name, _ in target.gen_elements())
+    before_files = snapshot(target.path) if use_backed else None
+    kwargs = dict(kwargs)
+    args = {k: kwargs.pop(k) for k in ("images", "clusters", "metaclusters") if k in kwargs}
+    with pytest.raises(error, match=match):
+        run(target, **args, **kwargs)
+    assert sorted(name for _, name, _ in target.gen_elements()) == before_elements
+    if use_backed:
+        assert snapshot(target.path) == before_files
+
+
+def test_mixed_dimensionality_and_all_nan_errors(sdata):
+    sdata.images["vol"] = image_element((3, 30, 40), chunks={"c": 6, "z": 3, "y": 30, "x": 40})
+    with pytest.raises(ValueError, match="All images must have the same dims"):
+        run(sdata, ["a", "vol"], ["c1", "c2"], ["m1", "m2"])
+    empty = sdata.images["a"].copy(data=da.full((6, 90, 110), np.nan, chunks=(6, 45, 55)))
+    sdata.images["empty"] = empty
+    with pytest.raises(ValueError, match="sampled pixels of image 'empty' have a NaN"):
+        run(sdata, "empty")
+    assert not any(name.startswith(("c1", "m1", "a_")) for _, name, _ in sdata.gen_elements())
