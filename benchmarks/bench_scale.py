@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process, from /proc (``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux keeps that across ``exec``, so a child would report its parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def write_image(path: Path, size: int, n_channels: int, tile: int, seed: int) -> float:
@@ -84,7 +95,7 @@ def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
         "n_samples_fit": model.n_samples_fit_,
         "label_dtype": str(labels.dtype),
         "metaclusters_in_corner": sorted(int(v) for v in np.unique(check)),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 

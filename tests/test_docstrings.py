@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["pixelflowsom._estimator", "pixelflowsom._metacluster"]
+MODULES = ["pixelflowsom._estimator", "pixelflowsom._metacluster", "pixelflowsom._preprocessing", "pixelflowsom.pl"]
 
 
 @pytest.mark.parametrize("name", MODULES)

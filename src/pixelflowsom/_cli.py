@@ -1,63 +1,317 @@
-"""The ``pixelflowsom`` command line."""
+"""The ``pixelflowsom`` command line: ``demo``, ``cluster`` and ``apply``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Errors that mean "the arguments, the store, an image or a channel are wrong": exit code 2, one line.
+_USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
+
+
+class _UsageError(Exception):
+    """A problem with the command's arguments, reported as one line with exit code 2."""
+
+
+def _message(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _open_store(path: Path):
+    import spatialdata as sd
+
+    if not path.exists():
+        raise _UsageError(f"store {str(path)!r} does not exist")
+    try:
+        return sd.read_zarr(path)
+    except Exception as error:
+        raise _UsageError(f"{str(path)!r} is not a readable SpatialData zarr store ({_message(error)})") from error
+
+
+def _output_names(images, given, suffix, what):
+    if given is None:
+        return [f"{name}{suffix}" for name in images]
+    if len(given) != len(images):
+        raise _UsageError(f"{what} got {len(given)} name(s) for {len(images)} image(s); give one per --image")
+    return list(given)
+
+
+def _parse_chunks(text):
+    if text is None or text == "auto":
+        return text
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise _UsageError(
+            f"--chunks {text!r} must be 'auto', an int, or comma-separated ints like 20,1024,1024"
+        ) from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _parse_channels(values):
+    """Channel names from the command line; all-digit names become ints (channel coordinates that are ints)."""
+    if not values:
+        return None
+    return [int(v) if v.isdigit() else v for v in values]
+
+
+@contextmanager
+def _scheduler(spec: str, progress: bool):
+    """Run dask work with the chosen scheduler; a progress bar on the local schedulers."""
+    import dask
+
+    if spec in ("threads", "processes", "synchronous"):
+        from dask.diagnostics import ProgressBar
+
+        with dask.config.set(scheduler=spec):
+            if progress:
+                with ProgressBar(dt=1.0, out=sys.stderr):
+                    yield None
+            else:
+                yield None
+    else:
+        from distributed import Client
+
+        with Client(spec) as client:
+            print(f"Using the dask cluster at {spec} (dashboard: {client.dashboard_link})", file=sys.stderr)
+            yield client
+
+
+def _save_pictures(folder: Path, sdata, metacluster_names, fsom) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in metacluster_names:
+        path = folder / f"{name}.png"
+        plt.close(pl.metacluster_image(sdata.labels[name], title=name, save=path))
+        written.append(path)
+    if fsom is not None:
+        for picture, draw in (("phenotype_heatmap", pl.phenotype_heatmap_from_fsom), ("som_grid", pl.som_grid)):
+            path = folder / f"{picture}.png"
+            plt.close(draw(fsom, save=path))
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------- commands
 
 
 def _demo(args) -> int:
     import numpy as np
+    import spatialdata as sd
     from sklearn.metrics import adjusted_rand_score
+    from spatialdata.models import Image2DModel
 
-    from ._estimator import PixelFlowSOM
     from ._synthetic import make_synthetic_image
+    from .harpy._flowsom import _flowsom
 
     t0 = time.perf_counter()
+    out = Path(args.out)
+    store = out / "demo.zarr"
     image, truth = make_synthetic_image(
         (args.size, args.size), n_channels=args.channels, n_phenotypes=args.phenotypes, seed=args.seed
     )
-    n_channels, height, width = image.shape
     print(
-        f"Synthetic multiplexed image: {n_channels} channels x {height} x {width} pixels, "
+        f"Synthetic multiplexed image: {args.channels} channels x {args.size} x {args.size} pixels, "
         f"{args.phenotypes} known phenotypes (seed {args.seed})."
     )
-    pixels = np.asarray(image).reshape(n_channels, -1).T
-    model = PixelFlowSOM(
-        n_clusters=args.phenotypes, xdim=10, ydim=10, fraction=args.fraction, random_state=args.seed
-    ).fit(pixels)
-    t_fit = time.perf_counter() - t0
-    labels = model.predict(pixels)
-    t_all = time.perf_counter() - t0
-    ari = adjusted_rand_score(truth.ravel(), labels)
-    sizes = np.bincount(labels, minlength=args.phenotypes)
-    print(
-        f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels "
-        f"(fraction {args.fraction}), {args.phenotypes} metaclusters; labelled {labels.size} pixels."
+    element = Image2DModel.parse(
+        image.values, dims=("c", "y", "x"), c_coords=list(image.c.values), chunks={"c": args.channels, "y": 256}
     )
-    print("Metacluster sizes (pixels): " + ", ".join(f"{i}: {n}" for i, n in enumerate(sizes)))
-    print(f"Adjusted Rand index against the known phenotypes: {ari:.3f}")
-    print(f"Time: fit {t_fit:.2f} s, total {t_all:.2f} s.")
+    out.mkdir(parents=True, exist_ok=True)
+    sd.SpatialData(images={"tissue": element}).write(store, overwrite=True)
+    sdata = sd.read_zarr(store)
+    with _scheduler("threads", progress=False):
+        sdata, fsom, mapping, model = _flowsom(
+            sdata,
+            "tissue",
+            "tissue_som_clusters",
+            "tissue_metaclusters",
+            fraction=args.fraction,
+            n_clusters=args.phenotypes,
+            random_state=args.seed,
+        )
+    metaclusters = np.asarray(sdata.labels["tissue_metaclusters"].values)
+    ari = adjusted_rand_score(truth.ravel(), metaclusters.ravel())
+    pictures = _save_pictures(out / "pictures", sdata, ["tissue_metaclusters"], fsom)
+    sizes = np.bincount(metaclusters.ravel(), minlength=args.phenotypes + 1)[1:]
+    print(
+        f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels (fraction "
+        f"{args.fraction}), {args.phenotypes} metaclusters; labelled {metaclusters.size} pixels."
+    )
+    print("Metacluster sizes (pixels): " + ", ".join(f"{i + 1}: {n}" for i, n in enumerate(sizes)))
+    print(f"Adjusted Rand index of the metaclusters against the known phenotypes: {ari:.3f}")
+    print(f"SpatialData store (image 'tissue', labels 'tissue_som_clusters', 'tissue_metaclusters'): {store}")
+    for path in pictures:
+        print(f"Picture: {path}")
+    print(f"Done in {time.perf_counter() - t0:.1f} s.")
     return 0
+
+
+def _cluster(args) -> int:
+    import joblib
+
+    from .harpy._flowsom import _flowsom
+
+    store = Path(args.store)
+    sdata = _open_store(store)
+    images = args.image
+    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
+    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    if args.save_model is not None and not Path(args.save_model).parent.exists():
+        raise _UsageError(f"--save-model: folder {str(Path(args.save_model).parent)!r} does not exist")
+    t0 = time.perf_counter()
+    with _scheduler(args.scheduler, progress=not args.quiet) as client:
+        sdata, fsom, _, model = _flowsom(
+            sdata,
+            images,
+            clusters,
+            metaclusters,
+            channels=_parse_channels(args.channels),
+            fraction=args.fraction,
+            n_clusters=args.n_clusters,
+            random_state=args.seed,
+            chunks=_parse_chunks(args.chunks),
+            client=client,
+            overwrite=args.overwrite,
+            xdim=args.xdim,
+            ydim=args.ydim,
+        )
+    print(f"Clustered {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
+    for image, c, m in zip(images, clusters, metaclusters, strict=True):
+        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
+    if args.save_model is not None:
+        joblib.dump(model, args.save_model)
+        print(f"Model: {args.save_model}")
+    for path in _save_pictures(_pictures_folder(args, store), sdata, metaclusters, fsom):
+        print(f"Picture: {path}")
+    return 0
+
+
+def _apply(args) -> int:
+    import joblib
+
+    from . import PixelFlowSOM
+    from ._images import full_resolution
+    from .harpy._flowsom import _check_outputs, _spatial_chunks, _write_labels
+
+    store = Path(args.store)
+    if not Path(args.model).is_file():
+        raise _UsageError(f"--model {args.model!r} does not exist")
+    model = joblib.load(args.model)
+    if not isinstance(model, PixelFlowSOM) or not hasattr(model, "codes_"):
+        raise _UsageError(f"--model {args.model!r} is not a fitted PixelFlowSOM (save one with cluster --save-model)")
+    sdata = _open_store(store)
+    images = args.image
+    missing = [name for name in images if name not in sdata.images]
+    if missing:
+        raise _UsageError(f"image(s) {missing} not found in {str(store)!r}; available images: {list(sdata.images)}")
+    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
+    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    _check_outputs(sdata, images, clusters, metaclusters, args.overwrite)
+    elements = [sdata.images[name] for name in images]
+    arrays = [full_resolution(element).rename(name) for element, name in zip(elements, images, strict=True)]
+    model.set_params(chunks=_spatial_chunks(_parse_chunks(args.chunks), arrays[0].ndim))
+    stacks = model.transform(arrays)  # checks every image's channels before anything is computed
+    t0 = time.perf_counter()
+    with _scheduler(args.scheduler, progress=not args.quiet):
+        _write_labels(sdata, elements, stacks, clusters, metaclusters, None, True)
+    print(f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
+    for image, c, m in zip(images, clusters, metaclusters, strict=True):
+        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
+    for path in _save_pictures(_pictures_folder(args, store), sdata, metaclusters, None):
+        print(f"Picture: {path}")
+    return 0
+
+
+def _pictures_folder(args, store: Path) -> Path:
+    return Path(args.pictures) if args.pictures else store.parent / f"{store.stem}_pictures"
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_common(parser, *, training):
+    parser.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
+    parser.add_argument(
+        "--image", action="append", required=True, metavar="NAME", help="image element to label (repeat for several)"
+    )
+    parser.add_argument(
+        "--cluster-labels",
+        nargs="+",
+        metavar="NAME",
+        help="names of the SOM-node labels elements, one per image (default: IMAGE_som_clusters)",
+    )
+    parser.add_argument(
+        "--metacluster-labels",
+        nargs="+",
+        metavar="NAME",
+        help="names of the metacluster labels elements, one per image (default: IMAGE_metaclusters)",
+    )
+    parser.add_argument(
+        "--chunks", help="chunks for labelling: 'auto', one int, or c,y,x sizes (c,z,y,x for 3D), e.g. 20,1024,1024"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing labels elements of those names")
+    parser.add_argument(
+        "--scheduler",
+        default="threads",
+        help="dask scheduler: threads (default), processes, or the ADDRESS of a dask.distributed scheduler",
+    )
+    parser.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    if training:
+        parser.add_argument(
+            "--channels", nargs="+", metavar="CHANNEL", help="channels to cluster on (default: all of the first image)"
+        )
+        parser.add_argument(
+            "--fraction", type=float, default=0.1, help="fraction of pixels to train on, in (0, 1] (default: 0.1)"
+        )
+        parser.add_argument("--n-clusters", type=int, default=5, help="number of metaclusters (default: 5)")
+        parser.add_argument("--xdim", type=int, default=10, help="SOM grid width (default: 10)")
+        parser.add_argument("--ydim", type=int, default=10, help="SOM grid height (default: 10)")
+        parser.add_argument("--seed", type=int, default=100, help="random seed (default: 100, as harpy)")
+        parser.add_argument("--save-model", metavar="FILE", help="save the fitted model (joblib), for `apply`")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line (``--help`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``pixelflowsom`` command."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pixelflowsom",
         description="Fast FlowSOM pixel clustering of multiplexed tissue images.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     demo = sub.add_parser(
         "demo",
         help="cluster a synthetic multiplexed image with known phenotypes (needs no data)",
-        description="Generate a seeded synthetic multiplexed image in memory, fit PixelFlowSOM on a fraction of its "
-        "pixels, label every pixel and report how well the metaclusters recover the known phenotypes.",
+        description="Generate a seeded synthetic multiplexed image with known phenotypes, write it to a SpatialData "
+        "zarr store, cluster it with pixelflowsom.harpy.im.flowsom, write the labels into the store, save pictures "
+        "and report how well the metaclusters recover the phenotypes (adjusted Rand index).",
     )
+    demo.add_argument("--out", default="pixelflowsom-demo", help="output folder (default: ./pixelflowsom-demo)")
     demo.add_argument("--size", type=int, default=512, help="image height and width in pixels (default: 512)")
     demo.add_argument("--channels", type=int, default=12, help="number of channels (default: 12)")
     demo.add_argument(
@@ -66,16 +320,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fraction", type=float, default=0.1, help="fraction of pixels to train on (default: 0.1)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(func=_demo)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="cluster the pixels of images in a SpatialData store and write the labels into it",
+        description="Train FlowSOM on a fraction of the pixels of the images, label every pixel, write the SOM-node "
+        "and metacluster labels elements into the store (as harpy.im.flowsom does) and save pictures next to it.",
+    )
+    _add_common(cluster, training=True)
+    cluster.set_defaults(func=_cluster)
+
+    apply = sub.add_parser(
+        "apply",
+        help="label images of a store with a model saved by `cluster --save-model`",
+        description="Label every pixel of the images with a saved model and write the labels elements into the store.",
+    )
+    _add_common(apply, training=False)
+    apply.add_argument("--model", required=True, metavar="FILE", help="model saved by `cluster --save-model`")
+    apply.set_defaults(func=_apply)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the ``pixelflowsom`` command line; returns the exit code."""
+    import logging
+    import warnings
+
+    # Messages of the storage libraries (ome-zarr's "no parent found" for every labels element, deprecations) say
+    # nothing to someone running a command.
+    logging.getLogger("ome_zarr").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo" and not 0 < args.fraction <= 1:
-        parser.error(f"--fraction {args.fraction} must be in (0, 1]")
-    return args.func(args)
+    try:
+        if not 0 < getattr(args, "fraction", 0.5) <= 1:
+            raise _UsageError(f"--fraction {args.fraction} must be in (0, 1]")
+        return args.func(args)
+    except _UsageError as error:
+        parser.exit(2, f"pixelflowsom {args.command}: error: {error}\n")
+    except _USER_ERRORS as error:
+        parser.exit(2, f"pixelflowsom {args.command}: error: {_message(error)}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -205,6 +205,50 @@ def flowsom(
         Bad arguments; all checked before any pixel is read, so a failed call leaves ``sdata`` and its store as
         they were.
     """
+    sdata, fsom, mapping, _ = _flowsom(
+        sdata=sdata,
+        image_name=image_name,
+        output_cluster_labels_name=output_cluster_labels_name,
+        output_metacluster_labels_name=output_metacluster_labels_name,
+        channels=channels,
+        fraction=fraction,
+        n_clusters=n_clusters,
+        random_state=random_state,
+        chunks=chunks,
+        scale_factors=scale_factors,
+        client=client,
+        persist_intermediate=persist_intermediate,
+        write_intermediate=write_intermediate,
+        instance_key=instance_key,
+        region_key=region_key,
+        spatial_key=spatial_key,
+        overwrite=overwrite,
+        **kwargs,
+    )
+    return sdata, fsom, mapping
+
+
+def _flowsom(
+    sdata,
+    image_name,
+    output_cluster_labels_name,
+    output_metacluster_labels_name,
+    channels=None,
+    fraction=0.1,
+    n_clusters=5,
+    random_state=100,
+    chunks=None,
+    scale_factors=None,
+    client=None,
+    persist_intermediate=True,
+    write_intermediate=True,
+    instance_key="cell_ID",
+    region_key="fov_labels",
+    spatial_key="spatial",
+    overwrite=False,
+    **kwargs,
+):
+    """Run :func:`flowsom`; also return the fitted :class:`~pixelflowsom.PixelFlowSOM` (for the command line)."""
     # ---- validate everything before any work
     images = _names(image_name, "image_name")
     clusters = _names(output_cluster_labels_name, "output_cluster_labels_name")
@@ -264,7 +308,7 @@ def flowsom(
         index=pd.Index(np.arange(1, xdim * ydim + 1, dtype=np.int64)),
         name="metaclustering",
     )
-    return sdata, fsom, mapping
+    return sdata, fsom, mapping, estimator
 
 
 def _metacluster_instance(model_class, n_clusters, options):
@@ -329,13 +373,15 @@ def _write_labels(sdata, elements, stacks, clusters, metaclusters, scale_factors
                 labels = model.parse(
                     data[layer], dims=stack.dims[1:], transformations=transformations, scale_factors=scale_factors
                 )
+                on_disk = backed and name in _labels_on_disk(sdata)
                 if name in sdata:
-                    if backed and name in _labels_on_disk(sdata):
-                        # spatialdata refuses to overwrite inside its own store: delete, then write anew.
-                        sdata.delete_element_from_disk(name)
                     del sdata[name]
                 sdata.labels[name] = labels
                 if backed:
+                    if on_disk:
+                        # spatialdata refuses to overwrite inside its own store; the old element no longer reads
+                        # from its folder (the new one replaced it in memory), so delete it, then write anew.
+                        sdata.delete_element_from_disk(name)
                     sdata.write_element(name)
                     sdata.labels[name] = read_zarr(sdata.path, selection=("labels",)).labels[name]
     finally:

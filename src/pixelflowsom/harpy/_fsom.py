@@ -190,9 +190,12 @@ def build_flowsom(
     cluster.uns["outliers"] = _outliers(distances, clustering, n_nodes, mad_allowed).reset_index()
     fsom.mudata.mod["cluster_data"] = cluster
 
-    df = cell.to_df()
-    df["metaclustering"] = cell.obs["metaclustering"]
-    cluster.uns["metacluster_MFIs"] = df.groupby("metaclustering").median()
+    # df.groupby("metaclustering").median() of the cell table: the metaclusters present, in order
+    present = np.unique(metaclustering)
+    mfis = _group_median(X, np.searchsorted(present, metaclustering), len(present))
+    cluster.uns["metacluster_MFIs"] = pd.DataFrame(
+        mfis, index=pd.Index(present, name="metaclustering"), columns=cell.var_names.copy()
+    )
 
     FlowSOM.build_MST(fsom)
     return fsom
@@ -267,8 +270,23 @@ def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, medians: n
 
 
 def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int) -> np.ndarray:
-    """NaN-skipping median of each column of ``values`` per label (pandas' groupby), NaN rows for empty labels."""
-    return pd.DataFrame(values, copy=False).groupby(labels).median().reindex(range(n_nodes)).to_numpy()
+    """NaN-skipping median of each column of ``values`` per label (pandas' groupby), NaN rows for empty labels.
+
+    The rows are sorted by label once; every label's median is then taken over its own contiguous block, in float64
+    and cast back to the values' float dtype, as pandas does.
+    """
+    values = np.asarray(values)
+    out_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_nodes + 1))
+    grouped = values[order].astype(np.float64, copy=False)
+    median = np.nanmedian if np.isnan(grouped).any() else np.median
+    out = np.full((n_nodes, values.shape[1]), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, as pandas
+        for label in np.flatnonzero(np.diff(bounds)):
+            out[label] = median(grouped[bounds[label] : bounds[label + 1]], axis=0)
+    return out.astype(out_dtype, copy=False)
 
 
 def _outliers(distances: np.ndarray, clustering: np.ndarray, n_nodes: int, mad_allowed) -> pd.DataFrame:

@@ -1,0 +1,670 @@
+"""Plots of a pixel clustering that an image analyst reads at a glance.
+
+* :func:`metacluster_image`: the metacluster label image with a legend of metacluster colours;
+* :func:`phenotype_heatmap` / :func:`phenotype_heatmap_from_fsom`: the median channel intensity of every metacluster,
+  z-scored per channel, as pixel-clustering papers show phenotypes;
+* :func:`som_grid`: the SOM grid, nodes coloured by metacluster (and sized by their pixels when known).
+
+Metaclusters are **1-based** in every picture, as in the label images that :meth:`PixelFlowSOM.predict
+<pixelflowsom.PixelFlowSOM.predict>` returns (0 is the background: pixels with a NaN channel). The fitted
+attributes of the estimator and of ``flowsom`` are 0-based; these functions add 1 where they read them. Metacluster
+``k`` has the same colour in every picture: ten ``tab10`` colours, then the ten light ``tab20`` ones, then
+further colours picked one by one to be as distinct as possible (in CIELAB) from all before; the colour of ``k``
+does not depend on how many metaclusters there are.
+
+Every function returns the :class:`matplotlib.figure.Figure` it drew on (a new one from
+:func:`matplotlib.pyplot.subplots` unless ``ax`` is given; close it with ``plt.close(fig)`` when drawing many) and
+saves it when ``save`` is a path. Nothing calls ``plt.show()``. matplotlib is needed by this module only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from numbers import Integral
+
+import numpy as np
+
+try:
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.collections import PatchCollection
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, to_rgba
+    from matplotlib.patches import Circle, Patch
+except ImportError as error:  # pragma: no cover - matplotlib is installed wherever the tests run
+    raise ImportError(
+        "pixelflowsom.pl needs matplotlib; install it with `pip install matplotlib`. The rest of pixelflowsom "
+        "works without it."
+    ) from error
+
+__all__ = ["metacluster_image", "phenotype_heatmap", "phenotype_heatmap_from_fsom", "som_grid"]
+
+#: Colour of label 0 (background: pixels with a NaN channel).
+_BACKGROUND = (0.0, 0.0, 0.0, 1.0)
+#: Resolution of saved figures.
+_DPI = 150
+#: Legend entries per legend column.
+_LEGEND_ROWS = 20
+#: Most legend entries drawn; an image with more ids (e.g. SOM nodes) gets none.
+_MAX_LEGEND = 100
+
+# ---------------------------------------------------------------------------------------------- colours
+
+
+def _srgb_to_lab(rgb):
+    """CIELAB (D65) coordinates of sRGB colours in [0, 1], shape ``(n, 3)``."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    delta = 6 / 29
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def _base_palette():
+    """Return the first 20 colours: ``tab10``, then the light halves of the ``tab20`` pairs."""
+    tab20 = plt.get_cmap("tab20").colors
+    return np.array([*tab20[0::2], *tab20[1::2]], dtype=np.float64)
+
+
+@lru_cache(maxsize=8)
+def _palette(n: int):
+    """RGB colours of metaclusters ``1..n`` (row ``k - 1``), shape ``(n, 3)``; a prefix of one fixed sequence.
+
+    Beyond the 20 base colours, each colour is the candidate of a 16-level RGB grid farthest (in CIELAB) from all
+    colours before it, the background black and the white figure, as glasbey palettes are made.
+    """
+    base = _base_palette()
+    if n <= len(base):
+        return base[:n].copy()
+    levels = np.linspace(0.0, 1.0, 16)
+    candidates = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    candidates_lab = _srgb_to_lab(candidates)
+    taken_lab = _srgb_to_lab(np.vstack([base, [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]]))
+    nearest = np.min(((candidates_lab[:, None, :] - taken_lab[None, :, :]) ** 2).sum(axis=2), axis=1)
+    colours = [base]
+    for _ in range(n - len(base)):
+        pick = int(np.argmax(nearest))
+        colours.append(candidates[pick][None, :])
+        nearest = np.minimum(nearest, ((candidates_lab - candidates_lab[pick]) ** 2).sum(axis=1))
+    return np.vstack(colours)
+
+
+def _metacluster_colors(ids):
+    """RGBA colours of 1-based metacluster ids (0 is the background), shape ``(len(ids), 4)``.
+
+    Shared by all plots, so metacluster ``k`` looks the same everywhere. Assumes non-negative integer ids.
+    """
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    lut = np.ones((int(ids.max(initial=0)) + 1, 4))
+    lut[0] = _BACKGROUND
+    lut[1:, :3] = _palette(len(lut) - 1)
+    return lut[ids]
+
+
+def _text_color(rgba):
+    """Black or white, whichever reads better on ``rgba``."""
+    r, g, b = to_rgba(rgba)[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+# ---------------------------------------------------------------------------------------------- figure plumbing
+
+
+def _figure_and_axes(ax, figsize):
+    """Make a constrained-layout figure with one axes, or return the (root) figure of ``ax``."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax={ax!r} must be a matplotlib Axes or None.")
+    fig = ax.figure
+    return getattr(fig, "figure", None) or fig, ax  # a SubFigure's .figure is its root figure
+
+
+def _finish(fig, save):
+    """Save ``fig`` to ``save`` (format from the suffix, PNG without one) unless it is None; return ``fig``."""
+    if save is not None:
+        if not isinstance(save, str | os.PathLike):
+            raise TypeError(f"save={save!r} must be a file path (str or os.PathLike) or None.")
+        fig.savefig(save, dpi=_DPI, bbox_inches="tight")
+    return fig
+
+
+def _legend(ax, colors, names, title=None):
+    """Draw a legend of colour patches to the right of ``ax``, in columns of at most ``_LEGEND_ROWS`` entries."""
+    handles = [Patch(facecolor=c, edgecolor="0.4", linewidth=0.5, label=n) for c, n in zip(colors, names, strict=True)]
+    return ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        ncols=max(1, math.ceil(len(handles) / _LEGEND_ROWS)),
+        fontsize="small",
+        title=title,
+        title_fontsize="small",
+        frameon=False,
+    )
+
+
+def _legend_width(n_entries):
+    """Width in inches the legend of ``n_entries`` "metacluster k" entries needs."""
+    return 1.5 * max(1, math.ceil(n_entries / _LEGEND_ROWS))
+
+
+# ---------------------------------------------------------------------------------------------- label images
+
+
+def _check_max_pixels(max_pixels):
+    if not isinstance(max_pixels, Integral) or isinstance(max_pixels, bool) or max_pixels < 1:
+        raise ValueError(f"max_pixels={max_pixels!r} must be a positive integer.")
+    return int(max_pixels)
+
+
+def _spatial_size(array):
+    """Count the pixels of one ``(y, x)`` plane."""
+    return int(array.shape[-1]) * int(array.shape[-2])
+
+
+def _tree_arrays(tree):
+    """List the scales of a multiscale labels element, largest first: ``[(name, DataArray), ...]``."""
+    scales = []
+    for name in tree.children:
+        arrays = list(tree[name].ds.data_vars.values())
+        if len(arrays) != 1:
+            raise ValueError(f"Scale {name!r} of the multiscale labels holds {len(arrays)} arrays, expected one.")
+        scales.append((name, arrays[0]))
+    if not scales:
+        raise ValueError("The multiscale labels (DataTree) have no scales; expected children 'scale0', 'scale1', ...")
+    return sorted(scales, key=lambda item: -_spatial_size(item[1]))
+
+
+def _spatial_array(labels, what="labels"):
+    """Return the validated ``(y, x)`` or ``(z, y, x)`` array (numpy or dask) of a DataArray or array-like."""
+    import xarray as xr
+
+    if isinstance(labels, xr.DataArray):
+        dims = tuple(labels.dims)
+        canonical = ("y", "x") if len(dims) == 2 else ("z", "y", "x")
+        if set(dims) != set(canonical):
+            hint = (
+                " Select one layer, e.g. labels.sel(label='metacluster')."
+                if "label" in dims
+                else " Rename or select its dims, e.g. labels.rename({'row': 'y', 'col': 'x'})."
+            )
+            raise ValueError(f"{what} has dims {dims}; expected ('y', 'x') or ('z', 'y', 'x').{hint}")
+        array = labels.transpose(*canonical).data
+    elif hasattr(labels, "ndim") and hasattr(labels, "shape") and hasattr(labels, "dtype"):
+        array = labels  # numpy or dask array: keep it lazy
+    else:
+        array = np.asarray(labels)
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"{what} must be a 2D (y, x) or 3D (z, y, x) label image, got {array.ndim} dimension(s) with shape "
+            f"{tuple(array.shape)}."
+        )
+    if np.dtype(array.dtype).kind not in "biu":
+        raise TypeError(
+            f"{what} must hold integer label ids, got dtype {array.dtype}; convert it, e.g. labels.astype(int)."
+        )
+    if min(array.shape) < 1:
+        raise ValueError(f"{what} is empty: shape {tuple(array.shape)}.")
+    return array
+
+
+def _read_labels(labels, max_pixels):
+    """Read a strided (y, x) plane of at most ``max_pixels`` pixels; returns ``(plane, extent, notes)``.
+
+    ``extent`` places the plane in full-resolution pixel coordinates; ``notes`` describe what is shown.
+    """
+    import xarray as xr
+
+    notes = []
+    full_shape = None
+    if isinstance(labels, xr.DataTree):
+        scales = _tree_arrays(labels)
+        full = _spatial_array(scales[0][1], what=f"Scale {scales[0][0]!r} of labels")
+        full_shape = tuple(full.shape[-2:])
+        large_enough = [item for item in scales if _spatial_size(item[1]) >= max_pixels]
+        name, labels = large_enough[-1] if large_enough else scales[0]
+        if name != scales[0][0]:
+            notes.append(f"scale {name!r}")
+        array = _spatial_array(labels, what=f"Scale {name!r} of labels")
+    else:
+        array = _spatial_array(labels)
+    if array.ndim == 3:
+        z = array.shape[0] // 2
+        notes.insert(0, f"middle plane z = {z} of {array.shape[0]}")
+        array = array[z]
+    height, width = (int(s) for s in array.shape)
+    if full_shape is None:
+        full_shape = (height, width)
+    step = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+    while math.ceil(height / step) * math.ceil(width / step) > max_pixels:
+        step += 1
+    plane = array[::step, ::step]
+    plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane).astype(np.int64, copy=False)
+    if step > 1:
+        notes.append(f"1 in {step} pixels per axis")
+    if plane.size and plane.min() < 0:
+        raise ValueError(f"labels must be non-negative ids (0 = background), found {plane.min()}.")
+    # Each shown pixel stands for a (fy, fx) block of full-resolution pixels (pixel centres at integers).
+    fy, fx = full_shape[0] / height * step, full_shape[1] / width * step
+    extent = (-0.5, plane.shape[1] * fx - 0.5, plane.shape[0] * fy - 0.5, -0.5)
+    return plane, extent, notes
+
+
+def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save=None):
+    """Show a metacluster label image, one distinct colour per metacluster, with a legend of the colours.
+
+    Parameters
+    ----------
+    labels : ndarray, dask array, xarray.DataArray or xarray.DataTree
+        A label image of **1-based** metacluster ids with 0 for the background (pixels with a NaN channel), as
+        :meth:`PixelFlowSOM.predict <pixelflowsom.PixelFlowSOM.predict>` returns it: 2D ``(y, x)`` or 3D
+        ``(z, y, x)``, numpy- or dask-backed (a spatialdata labels element), or a multiscale labels element (a
+        ``DataTree`` with ``scale0``, ``scale1``, ...). A DataArray must have dims ``("y", "x")`` or
+        ``("z", "y", "x")``. Any integer ids work, e.g. the SOM-node layer of ``transform``.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the image and the legend.
+    max_pixels : int, default=1_000_000
+        Most pixels to read and show. Larger images are subsampled before anything is computed: every ``s``-th
+        pixel along ``y`` and ``x`` (nearest neighbour, labels are never interpolated), so a dask array computes
+        only the chunks holding those pixels. Of a multiscale element, the coarsest scale with at least
+        ``max_pixels`` pixels is read (``scale0`` if none has), subsampled the same way.
+    title : str or None, default=None
+        Title of the axes; ``None`` says "Metaclusters" and what is shown (z plane, subsampling, scale).
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on.
+
+    See Also
+    --------
+    som_grid : The SOM nodes, in the same colours.
+
+    Notes
+    -----
+    A 3D image shows its middle z plane, ``z = n_z // 2``; pass ``labels[z]`` (or ``labels.isel(z=z)``) to see
+    another one. The background (0) is black and labelled "background" in the legend; metacluster ``k`` is labelled
+    "metacluster k". The legend lists the ids present in the shown pixels only, so a metacluster too small to be
+    hit by the subsampling is missing from it; with more than 100 ids there is no legend. The axes are in
+    full-resolution pixel coordinates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pixelflowsom import pl
+    >>> labels = np.array([[0, 1, 1], [2, 2, 3]])
+    >>> fig = pl.metacluster_image(labels, title="four pixel classes")
+    >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    ['background', 'metacluster 1', 'metacluster 2', 'metacluster 3']
+    """
+    max_pixels = _check_max_pixels(max_pixels)
+    plane, extent, notes = _read_labels(labels, max_pixels)
+    n_ids = int(plane.max(initial=0)) + 1
+    cmap = ListedColormap(_metacluster_colors(np.arange(n_ids)), name="metaclusters")
+    norm = BoundaryNorm(np.arange(n_ids + 1) - 0.5, n_ids)
+    present = np.flatnonzero(np.bincount(plane.ravel(), minlength=n_ids))
+
+    # The image axes get about 6 inches along its longer side, the legend its columns to the right.
+    aspect = (extent[2] - extent[3]) / (extent[1] - extent[0])
+    width, height = (6.0, max(6.0 * aspect, 1.5)) if aspect <= 1 else (max(6.0 / aspect, 1.5), 6.0)
+    legend_width = _legend_width(len(present)) if len(present) <= _MAX_LEGEND else 0.0
+    fig, ax = _figure_and_axes(ax, (width + legend_width + 0.6, height + 0.9))
+    ax.imshow(plane, cmap=cmap, norm=norm, interpolation="nearest", extent=extent)
+    ax.set_xlabel("x (pixel)")
+    ax.set_ylabel("y (pixel)")
+    if title is None:
+        title = "Metaclusters" + (f"\n({', '.join(notes)})" if notes else "")
+    ax.set_title(title)
+    if len(present) <= _MAX_LEGEND:
+        names = ["background" if k == 0 else f"metacluster {k}" for k in present]
+        _legend(ax, cmap(norm(present)), names)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------- phenotype heatmap
+
+
+def _metacluster_ids(metaclusters, n_rows, one_based):
+    """1-based int64 ids of the rows (0: background, excluded from the heatmap), validated."""
+    ids = np.asarray(metaclusters)
+    if ids.ndim != 1:
+        raise ValueError(f"metaclusters must be 1D, one id per row of X, got shape {ids.shape}.")
+    if ids.shape[0] != n_rows:
+        raise ValueError(f"metaclusters has {ids.shape[0]} ids but X has {n_rows} rows; pass one id per row.")
+    if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "biu":
+        raise TypeError(f"metaclusters must be integer ids, got dtype {ids.dtype}.")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"metaclusters must be non-negative ids, found {ids.min()}.")
+    return ids if one_based else ids + 1
+
+
+def _aggregate(X, ids, agg):
+    """Per metacluster id (sorted, 0 excluded): pixel counts and the NaN-ignoring ``agg`` of every channel.
+
+    Assumes validated input: ``X`` float ``(n, p)``, ``ids`` int64 ``(n,)`` non-negative.
+    """
+    keep = ids > 0
+    X, ids = X[keep], ids[keep]
+    order = np.argsort(ids, kind="stable")
+    unique, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
+    reduce = np.nanmedian if agg == "median" else np.nanmean
+    values = np.full((len(unique), X.shape[1]), np.nan)
+    sorted_X = X[order]
+    for i, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        block = sorted_X[start : start + count]
+        has_value = ~np.all(np.isnan(block), axis=0)  # all-NaN channels stay NaN without a warning
+        values[i, has_value] = reduce(block[:, has_value], axis=0)
+    return unique, counts, values
+
+
+def _zscore(values):
+    """Z-score every column across the rows (population std); constant columns become 0, NaN stays NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else np.zeros(values.shape[1])
+        std = np.nanstd(values, axis=0)
+        z = (values - mean) / np.where(std > 0, std, 1.0)
+    return np.where(np.isnan(values), np.nan, np.where(std > 0, z, 0.0))
+
+
+def phenotype_heatmap(
+    X, metaclusters, channels=None, *, one_based=True, ax=None, agg="median", zscore=True, title=None, save=None
+):
+    """Heatmap of the channel intensities of every metacluster: channels x metaclusters.
+
+    Every cell is the median (or mean) intensity of one channel over the pixels of one metacluster, by default
+    z-scored per channel across the metaclusters, so every row shows in which metaclusters a marker is high
+    (red) or low (blue), the way pixel-clustering papers show phenotypes.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_pixels, n_channels)
+        Pixel intensities, e.g. a sample of the pixels clustered (a dask array is computed). NaN values are ignored.
+    metaclusters : array-like of int, shape (n_pixels,)
+        Metacluster of every row: **1-based** with 0 for the background (rows left out), as in the label images,
+        or 0-based with ``one_based=False`` (as ``PixelFlowSOM.predict`` returns for tables).
+    channels : list of str or None, default=None
+        Names of the ``n_channels`` channels; ``None`` takes the columns of a DataFrame ``X``, else the column
+        positions.
+    one_based : bool, default=True
+        Whether ``metaclusters`` are 1-based ids with 0 the background (True) or 0-based (False). The heatmap
+        always shows 1-based ids.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the table.
+    agg : {"median", "mean"}, default="median"
+        Per metacluster statistic of every channel.
+    zscore : bool, default=True
+        Z-score every channel across the metaclusters (subtract the mean of its row and divide by the standard
+        deviation; a constant row becomes 0) and show it with a diverging colormap centred at 0. ``False`` shows
+        the raw statistic with a sequential colormap.
+    title : str or None, default=None
+        Title of the axes; ``None`` describes the statistic.
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on. The heatmap is ``fig.axes[0].images[0]``; its array is ``(n_channels,
+        n_metaclusters)``, metaclusters in increasing id order.
+
+    See Also
+    --------
+    phenotype_heatmap_from_fsom : The same for a ``flowsom.FlowSOM`` object.
+
+    Notes
+    -----
+    The bottom axis names the metaclusters present (1-based ids, boxed in their colour of :func:`metacluster_image`
+    and :func:`som_grid`), the top axis their numbers of pixels. Missing values (a channel that is NaN for all
+    pixels of a metacluster) are grey.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pixelflowsom import pl
+    >>> X = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 4.0], [0.0, 2.0]])
+    >>> fig = pl.phenotype_heatmap(X, [1, 1, 2, 2], ["CD3", "CD20"])
+    >>> fig.axes[0].images[0].get_array().tolist()
+    [[1.0, -1.0], [-1.0, 1.0]]
+    """
+    if agg not in ("median", "mean"):
+        raise ValueError(f"agg={agg!r} must be 'median' or 'mean'.")
+    if channels is None and hasattr(X, "columns"):
+        channels = [str(c) for c in X.columns]
+    X = np.asarray(X.compute() if hasattr(X, "compute") else X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2D (n_pixels, n_channels), got shape {X.shape}.")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must be numeric, got dtype {X.dtype}.")
+    X = X.astype(np.float64, copy=False)
+    ids = _metacluster_ids(metaclusters, X.shape[0], one_based)
+    if channels is None:
+        channels = [str(i) for i in range(X.shape[1])]
+    channels = [channels] if isinstance(channels, str) else [str(c) for c in channels]
+    if len(channels) != X.shape[1]:
+        raise ValueError(f"channels names {len(channels)} channel(s) but X has {X.shape[1]} columns.")
+    if not np.any(ids > 0):
+        raise ValueError(
+            "No row belongs to a metacluster (all ids are 0, the background); with 0-based ids pass one_based=False."
+        )
+    unique, counts, values = _aggregate(X, ids, agg)
+    return _draw_heatmap(unique, counts, values, channels, ax=ax, agg=agg, zscore=zscore, title=title, save=save)
+
+
+def phenotype_heatmap_from_fsom(fsom, *, channels=None, ax=None, agg="median", zscore=True, title=None, save=None):
+    """:func:`phenotype_heatmap` of a ``flowsom.FlowSOM`` object: its cells by its metaclusters.
+
+    Parameters
+    ----------
+    fsom : flowsom.FlowSOM
+        A FlowSOM result; ``fsom.get_cell_data()`` gives the intensities (``.X``), channel names (``.var_names``)
+        and 0-based metaclusters (``.obs["metaclustering"]``, shown 1-based).
+    channels : list of str or None, default=None
+        Channels to show, by name; ``None`` shows those used for the clustering (all when unknown).
+    ax, agg, zscore, title, save
+        As :func:`phenotype_heatmap`.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on.
+
+    Examples
+    --------
+    >>> import anndata
+    >>> import flowsom
+    >>> import numpy as np
+    >>> from pixelflowsom import pl
+    >>> X = np.random.default_rng(0).normal(size=(300, 4)) + np.repeat(np.eye(4) * 3, 75, axis=0)
+    >>> fsom = flowsom.FlowSOM(anndata.AnnData(X), n_clusters=3, xdim=3, ydim=3, seed=0)
+    >>> fig = pl.phenotype_heatmap_from_fsom(fsom)
+    >>> fig.axes[0].images[0].get_array().shape  # channels x metaclusters
+    (4, 3)
+    """
+    if not callable(getattr(fsom, "get_cell_data", None)):
+        raise TypeError(f"fsom must be a flowsom.FlowSOM object, got {type(fsom).__name__}.")
+    cells = fsom.get_cell_data()
+    names = [str(name) for name in cells.var_names]
+    if channels is None:
+        used = cells.var["cols_used"] if "cols_used" in cells.var else None
+        channels = [n for n, u in zip(names, used, strict=True) if u] if used is not None else names
+    channels = [channels] if isinstance(channels, str) else [str(c) for c in channels]
+    missing = [c for c in channels if c not in names]
+    if missing or not channels:
+        raise ValueError(f"Channel(s) {missing} not found; the FlowSOM object has channels {names}.")
+    columns = [names.index(c) for c in channels]
+    X = np.asarray(cells.X)[:, columns]
+    metaclusters = np.asarray(cells.obs["metaclustering"]).astype(np.int64)
+    return phenotype_heatmap(
+        X, metaclusters, channels, one_based=False, ax=ax, agg=agg, zscore=zscore, title=title, save=save
+    )
+
+
+def _draw_heatmap(unique, counts, values, channels, *, ax, agg, zscore, title, save):
+    """Draw the channels x metaclusters heatmap of aggregated ``values`` (metaclusters x channels)."""
+    if zscore:
+        data = _zscore(values).T
+        limit = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
+        norm = Normalize(-max(limit, 1e-12), max(limit, 1e-12))
+        label = f"{agg} intensity, z-scored per channel"
+    else:
+        data = values.T
+        finite = data[np.isfinite(data)]
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.8")
+        norm = Normalize(*(finite.min(), finite.max()) if finite.size else (0.0, 1.0))
+        label = f"{agg} intensity"
+    n_meta, n_channels = len(unique), len(channels)
+    longest = max(len(c) for c in channels)
+    figsize = (max(4.5, 0.36 * n_meta + 0.08 * longest + 2.6), max(3.0, 0.26 * n_channels + 2.3))
+    fig, ax = _figure_and_axes(ax, figsize)
+    image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=label, shrink=1.0 if n_channels <= 12 else 0.6)
+    ax.set_yticks(np.arange(n_channels), labels=channels, fontsize="small" if n_channels > 30 else None)
+    ax.set_ylabel("channel")
+    positions = np.arange(n_meta)
+    ax.set_xticks(positions, labels=[str(k) for k in unique], fontsize="small")
+    for tick, colour in zip(ax.get_xticklabels(), _metacluster_colors(unique), strict=True):
+        tick.set_color(_text_color(colour))
+        tick.set_bbox({"facecolor": colour, "edgecolor": "none", "boxstyle": "round,pad=0.2"})
+    ax.set_xlabel("metacluster")
+    top = ax.secondary_xaxis("top")
+    count_labels = [f"{c:,}" for c in counts]
+    rotation = 90 if max(map(len, count_labels)) > 5 else 0
+    top.set_xticks(positions, labels=count_labels, rotation=rotation, fontsize="x-small")
+    top.set_xlabel("pixels", fontsize="small")
+    ax.tick_params(length=0)
+    ax.set_title(title if title is not None else f"{agg.capitalize()} intensity per metacluster")
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------- SOM grid
+
+
+def _som_layout(model):
+    """``(xdim, ydim, node_metacluster (1-based), sizes or None, size_name)`` of a fitted model."""
+    if callable(getattr(model, "get_cluster_data", None)):
+        clusters = model.get_cluster_data()
+        xdim, ydim = int(clusters.uns["xdim"]), int(clusters.uns["ydim"])
+        node_metacluster = np.asarray(clusters.obs["metaclustering"]).astype(np.int64) + 1
+        sizes = np.asarray(clusters.obs["percentages"], dtype=np.float64) if "percentages" in clusters.obs else None
+        return xdim, ydim, node_metacluster, sizes, "sampled pixels"
+    from sklearn.utils.validation import check_is_fitted
+
+    from pixelflowsom._estimator import PixelFlowSOM
+
+    if not isinstance(model, PixelFlowSOM):
+        raise TypeError(f"model must be a fitted PixelFlowSOM or a flowsom.FlowSOM object, got {type(model).__name__}.")
+    check_is_fitted(model, "node_metacluster_")
+    return int(model.xdim), int(model.ydim), np.asarray(model.node_metacluster_, dtype=np.int64) + 1, None, "pixels"
+
+
+def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
+    """Draw the SOM grid: one circle per node, coloured by its metacluster, sized by its pixels when known.
+
+    Node ``i`` sits at grid position ``(x, y) = (i // ydim, i % ydim)``, FlowSOM's node order. Colours are those of
+    :func:`metacluster_image` for the same (1-based) metacluster, so the grid reads as a legend of the image.
+
+    Parameters
+    ----------
+    model : PixelFlowSOM or flowsom.FlowSOM
+        A fitted :class:`~pixelflowsom.PixelFlowSOM` (its ``xdim``, ``ydim`` and 0-based ``node_metacluster_``) or
+        a ``flowsom.FlowSOM`` (``get_cluster_data()``: ``obs["metaclustering"]``, 0-based, ``uns["xdim"]``,
+        ``uns["ydim"]``, and ``obs["percentages"]`` for the sizes).
+    sizes : array-like of shape (xdim * ydim,) or None, default=None
+        Pixels (or any non-negative weight) per node; circle areas are proportional to them. ``None`` uses a
+        FlowSOM object's percentages and draws equal circles labelled with their metacluster for a PixelFlowSOM
+        (which keeps no counts: pass e.g. ``np.bincount(model.transform(X)[:, 0], minlength=model.xdim *
+        model.ydim)``).
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the grid.
+    title : str or None, default=None
+        Title of the axes; ``None`` describes the grid.
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on. The nodes are ``fig.axes[0].collections[0]``, in node order.
+
+    See Also
+    --------
+    metacluster_image : The label image, in the same colours.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pixelflowsom import PixelFlowSOM, pl
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(m, 0.1, size=(100, 2)) for m in (0, 1, 2)])
+    >>> model = PixelFlowSOM(n_clusters=3, xdim=3, ydim=3, random_state=0).fit(X)
+    >>> fig = pl.som_grid(model)
+    >>> len(fig.axes[0].collections[0].get_paths())  # one circle per node
+    9
+    """
+    xdim, ydim, node_metacluster, default_sizes, unit = _som_layout(model)
+    n_nodes = xdim * ydim
+    if node_metacluster.shape != (n_nodes,):
+        raise ValueError(
+            f"The model has {node_metacluster.shape[0]} node metaclusters for a {xdim} x {ydim} grid of {n_nodes} "
+            "nodes."
+        )
+    if sizes is None:
+        sizes = default_sizes
+    else:
+        sizes = np.asarray(sizes, dtype=np.float64)
+        if sizes.shape != (n_nodes,) or not np.all(np.isfinite(sizes)) or np.any(sizes < 0):
+            raise ValueError(
+                f"sizes must be {n_nodes} (xdim * ydim) finite non-negative numbers, one per node; got shape "
+                f"{sizes.shape}."
+            )
+        unit = "pixels"
+    if sizes is not None and not np.any(sizes > 0):
+        sizes = None
+    radius = np.full(n_nodes, 0.42) if sizes is None else np.maximum(0.42 * np.sqrt(sizes / sizes.max()), 0.06)
+    colours = _metacluster_colors(node_metacluster)
+    nodes = np.arange(n_nodes)
+    gx, gy = nodes // ydim, nodes % ydim
+
+    present = np.unique(node_metacluster)
+    cell = 0.5 if max(xdim, ydim) <= 16 else 8.0 / max(xdim, ydim)
+    figsize = (max(2.5, cell * xdim) + _legend_width(len(present)) + 1.0, max(2.5, cell * ydim) + 1.2)
+    fig, ax = _figure_and_axes(ax, figsize)
+    circles = PatchCollection(
+        [Circle((x, y), r) for x, y, r in zip(gx, gy, radius, strict=True)],
+        facecolors=colours,
+        edgecolors="0.25",
+        linewidths=0.6,
+    )
+    ax.add_collection(circles)
+    if sizes is None and n_nodes <= 400:
+        fontsize = min(9.0, 72 * cell * 0.4)
+        for x, y, k, colour in zip(gx, gy, node_metacluster, colours, strict=True):
+            ax.text(x, y, str(k), ha="center", va="center", fontsize=fontsize, color=_text_color(colour))
+    ax.set_xlim(-0.6, xdim - 0.4)
+    ax.set_ylim(-0.6, ydim - 0.4)
+    ax.set_aspect("equal")
+    if xdim <= 30:
+        ax.set_xticks(np.arange(xdim))
+    if ydim <= 30:
+        ax.set_yticks(np.arange(ydim))
+    ax.set_xlabel("SOM x (node // ydim)")
+    ax.set_ylabel("SOM y (node % ydim)")
+    if title is None:
+        title = f"SOM grid, {xdim} x {ydim} nodes" + (f"\n(area ~ {unit})" if sizes is not None else "")
+    ax.set_title(title)
+    _legend(ax, _metacluster_colors(present), [f"metacluster {k}" for k in present])
+    return _finish(fig, save)
