@@ -50,10 +50,13 @@ def child(impl: str, data: Path, n_clusters: int, fraction: float) -> dict:
     from sklearn.metrics import adjusted_rand_score
     from spatialdata.models import Image2DModel
 
+    options = {}
     if impl == "harpy":
         import harpy as hp
     else:
         import pixelflowsom.harpy as hp
+
+        options["som"] = impl.split("-")[1]  # pixelflowsom-online / pixelflowsom-batch
 
     image = np.load(data / "image.npy")
     truth = np.load(data / "truth.npy")
@@ -75,6 +78,7 @@ def child(impl: str, data: Path, n_clusters: int, fraction: float) -> dict:
         xdim=10,
         ydim=10,
         random_state=0,
+        **options,
     )
     metaclusters = np.asarray(sdata.labels["metaclusters"].values)
     seconds = time.perf_counter() - t0
@@ -115,7 +119,7 @@ def main(argv=None):
             np.save(data / "truth.npy", truth.astype(np.uint8))
             del image, truth
             results = {}
-            for impl in ("harpy", "pixelflowsom"):
+            for impl in ("harpy", "pixelflowsom-online", "pixelflowsom-batch"):
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -134,23 +138,25 @@ def main(argv=None):
                 if out.returncode != 0:
                     raise RuntimeError(f"{impl} failed:\n{out.stderr[-3000:]}")
                 results[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        h, p = results["harpy"], results["pixelflowsom"]
+        h = results["harpy"]
         print(
             f"{args.channels} channels x {size} x {size} float32, fraction {args.fraction}, 10x10 SOM, "
             f"{args.n_clusters} metaclusters"
         )
         for name, r in results.items():
             print(
-                f"  {name:13s} {r['seconds']:8.1f} s   peak RSS {r['peak_rss_gb']:5.2f} GB "
+                f"  {name:20s} {r['seconds']:7.1f} s   peak RSS {r['peak_rss_gb']:5.2f} GB "
                 f"(+{r['call_rss_gb']:.2f} GB in the call)   ARI {r['ari']:.3f}   "
                 f"{r['n_sampled']} sampled pixels, labels {r['dtype']}"
             )
-        print(
-            f"  speed-up x{h['seconds'] / p['seconds']:.1f}   peak RSS ratio (ours / harpy) "
-            f"{p['peak_rss_gb'] / h['peak_rss_gb']:.2f}   call RSS ratio {p['call_rss_gb'] / h['call_rss_gb']:.2f}   "
-            f"ARI ours {p['ari']:.3f} vs harpy {h['ari']:.3f}",
-            flush=True,
-        )
+        for name in ("pixelflowsom-online", "pixelflowsom-batch"):
+            p = results[name]
+            print(
+                f"  {name} / harpy: speed-up x{h['seconds'] / p['seconds']:.1f}   peak RSS ratio "
+                f"{p['peak_rss_gb'] / h['peak_rss_gb']:.2f}   call RSS ratio {p['call_rss_gb'] / h['call_rss_gb']:.2f}"
+                f"   ARI {p['ari']:.3f} vs harpy {h['ari']:.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

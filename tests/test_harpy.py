@@ -364,3 +364,13 @@ def test_mixed_dimensionality_and_all_nan_errors(sdata):
     with pytest.raises(ValueError, match="sampled pixels of image 'empty' have a NaN"):
         run(sdata, "empty")
     assert not any(name.startswith(("c1", "m1", "a_")) for _, name, _ in sdata.gen_elements())
+
+
+@pytest.mark.parametrize("som", ["online", "batch"])
+def test_som_algorithm_option(sdata, som):
+    _, fsom, mapping = run(sdata, som=som)
+    assert fsom.model.cluster_model.som == som
+    nodes, metas = sdata["a_clusters"].values, sdata["a_metaclusters"].values
+    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['som'\]"):
+        run(sdata, som=som, model=flowsom.models.FlowSOMEstimator, clusters="x", metaclusters="y")

@@ -17,12 +17,15 @@ from pixelflowsom._estimator import PixelFlowSOM
 from pixelflowsom._images import full_resolution
 from pixelflowsom._inference import nearest_nodes
 from pixelflowsom.harpy._fsom import build_flowsom
-from pixelflowsom.harpy._model import fitted_flowsom_model
+from pixelflowsom.harpy._model import PixelSOMEstimator, fitted_flowsom_model
 
 #: Keywords of ``flowsom.FlowSOM`` itself that the call passes on (the rest belong to its models).
 _FLOWSOM_KEYWORDS = ("xdim", "ydim", "rlen", "mst", "alpha", "mad_allowed", "model")
 #: Cluster-model options pixelflowsom's SOM implements; any other option of the cluster model trains with flowsom.
-_FAST_SOM_KEYWORDS = {"xdim", "ydim", "rlen", "mst", "alpha", "seed"}
+_FAST_SOM_KEYWORDS = {"xdim", "ydim", "rlen", "mst", "alpha", "seed", "som"}
+#: The SOM algorithm of the drop-in when the call does not choose one (``som=`` or ``model=``): the batch SOM, which
+#: is what makes the call an order of magnitude faster than harpy's (benchmarks/bench_harpy.py).
+DEFAULT_SOM = "batch"
 
 
 def _names(value, what: str) -> list[str]:
@@ -32,12 +35,18 @@ def _names(value, what: str) -> list[str]:
     return names
 
 
-def _model_keywords(model_class) -> tuple[set[str], set[str]]:
-    """Keywords of the cluster and metacluster models of a flowsom model class (what ``FlowSOM(**kwargs)`` takes)."""
+def _model_keywords(model_class, default) -> tuple[set[str], set[str]]:
+    """Keywords of the cluster and metacluster models of a flowsom model class (what ``FlowSOM(**kwargs)`` takes).
+
+    Without ``model=``, the cluster model is pixelflowsom's :class:`PixelSOMEstimator` (hence ``som``), which also
+    accepts the options of flowsom's ``SOMEstimator`` (those it does not implement train with flowsom).
+    """
     params = inspect.signature(model_class).parameters
-    cluster = params["cluster_model"].default
+    cluster = set(inspect.signature(params["cluster_model"].default).parameters)
+    if default:
+        cluster |= set(inspect.signature(PixelSOMEstimator).parameters)
     metacluster = params["metacluster_model"].default
-    return set(inspect.signature(cluster).parameters), set(inspect.signature(metacluster).parameters)
+    return cluster, set(inspect.signature(metacluster).parameters)
 
 
 def _check_kwargs(kwargs, n_clusters):
@@ -50,7 +59,7 @@ def _check_kwargs(kwargs, n_clusters):
             f"model={model_class!r} must be a flowsom.models.BaseFlowSOMEstimator subclass, "
             "e.g. flowsom.models.BatchFlowSOMEstimator."
         )
-    cluster_keys, metacluster_keys = _model_keywords(model_class)
+    cluster_keys, metacluster_keys = _model_keywords(model_class, default="model" not in kwargs)
     allowed = set(_FLOWSOM_KEYWORDS) | ((cluster_keys | metacluster_keys) - {"n_clusters", "seed"})
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -179,7 +188,12 @@ def flowsom(
     **kwargs
         FlowSOM options as ``flowsom.FlowSOM`` takes them: ``xdim``, ``ydim`` (default 10 x 10), ``rlen``, ``mst``,
         ``alpha``, ``mad_allowed``, ``model`` (a ``flowsom.models.BaseFlowSOMEstimator`` subclass: training then
-        uses that class) and options of its cluster and metacluster models. **Improved**: an unknown keyword
+        uses that class) and options of its cluster and metacluster models. Without ``model``, the cluster model is
+        pixelflowsom's SOM (``fsom.model.cluster_model`` is a :class:`~pixelflowsom.harpy._model.PixelSOMEstimator`)
+        and its option ``som`` chooses the algorithm: ``"batch"`` (the default: pixelflowsom's batch SOM, with
+        FlowSOM's grid, neighbourhood and radius schedule; the speed of this call rests on it) or ``"online"``
+        (FlowSOM's online SOM, exactly as R FlowSOM runs it, on pixelflowsom's kernels: about 3x slower here).
+        ``model=flowsom.models.FlowSOMEstimator`` trains with flowsom's own code. **Improved**: an unknown keyword
         raises ``TypeError``.
 
     Returns
@@ -278,6 +292,7 @@ def _flowsom(
         chunks=_spatial_chunks(chunks, arrays[0].ndim),
         random_state=random_state,
         metaclustering=_metacluster_instance(model_class, n_clusters, metacluster_options),
+        som=som_options.get("som", DEFAULT_SOM),
         **{k: som_options[k] for k in ("rlen", "mst", "alpha") if k in som_options},
     )
     trainer = None
@@ -323,7 +338,7 @@ class _FlowSOMTrainer:
     def __init__(self, model_class, xdim, ydim, n_clusters, random_state, kwargs):
         self.model_class = model_class
         self.params = {"xdim": xdim, "ydim": ydim, "rlen": 10, "mst": 1, "alpha": (0.05, 0.01)}
-        self.params |= {k: v for k, v in kwargs.items() if k not in ("model", "mad_allowed")}
+        self.params |= {k: v for k, v in kwargs.items() if k not in ("model", "mad_allowed", "som")}
         self.params |= {"seed": random_state, "n_clusters": n_clusters}
         self.model = None
 
@@ -412,6 +427,7 @@ def _build_fsom(estimator, values, coords, regions, trained_model, random_state,
     if model is None:
         model = fitted_flowsom_model(
             FlowSOMEstimator,
+            som=estimator.som,
             codes=estimator.codes_,
             node_metacluster=estimator.node_metacluster_,
             X=values,

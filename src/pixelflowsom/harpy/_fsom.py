@@ -279,13 +279,14 @@ def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int) -> np.nd
     out_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_nodes + 1))
-    grouped = values[order].astype(np.float64, copy=False)
+    # channel-major, so that every median partitions contiguous memory
+    grouped = np.ascontiguousarray(values[order].T, dtype=np.float64)
     median = np.nanmedian if np.isnan(grouped).any() else np.median
     out = np.full((n_nodes, values.shape[1]), np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, as pandas
         for label in np.flatnonzero(np.diff(bounds)):
-            out[label] = median(grouped[bounds[label] : bounds[label + 1]], axis=0)
+            out[label] = median(grouped[:, bounds[label] : bounds[label + 1]], axis=1)
     return out.astype(out_dtype, copy=False)
 
 

@@ -23,8 +23,8 @@ class PixelSOMEstimator(BaseClusterEstimator):
     ----------
     xdim, ydim, rlen, mst, alpha, seed
         As ``flowsom.models.SOMEstimator`` (``seed`` is the random state).
-    som : {"online", "batch"}, default="online"
-        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som``.
+    som : {"batch", "online"}, default="batch"
+        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som`` (the drop-in's default is the batch SOM).
 
     Attributes
     ----------
@@ -41,7 +41,7 @@ class PixelSOMEstimator(BaseClusterEstimator):
     reads them from there. pixelflowsom's own labelling never calls it: it ships an immutable copy of the codes.
     """
 
-    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som="online"):
+    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som="batch"):
         super().__init__()
         self.xdim = xdim
         self.ydim = ydim
