@@ -26,18 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process, from /proc (``VmHWM``).
-
-    Not ``getrusage``'s ``ru_maxrss``: Linux keeps that across ``exec``, so a child would report its parent's peak.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from _memory import peak_rss_gb  # benchmarks/_memory.py (scripts run from their folder)
 
 
 def current_rss_gb() -> float:

@@ -505,7 +505,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.fit(X).labels_
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the two output columns of :meth:`transform`.
+        """Get the names of the two output columns of :meth:`transform`.
 
         Parameters
         ----------

@@ -473,8 +473,16 @@ def phenotype_heatmap_from_fsom(fsom, *, channels=None, ax=None, agg="median", z
         and 0-based metaclusters (``.obs["metaclustering"]``, shown 1-based).
     channels : list of str or None, default=None
         Channels to show, by name; ``None`` shows those used for the clustering (all when unknown).
-    ax, agg, zscore, title, save
-        As :func:`phenotype_heatmap`.
+    ax : matplotlib.axes.Axes or None, default=None
+        As in :func:`phenotype_heatmap`.
+    agg : {"median", "mean"}, default="median"
+        As in :func:`phenotype_heatmap`.
+    zscore : bool, default=True
+        As in :func:`phenotype_heatmap`.
+    title : str or None, default=None
+        As in :func:`phenotype_heatmap`.
+    save : str, path-like or None, default=None
+        As in :func:`phenotype_heatmap`.
 
     Returns
     -------
