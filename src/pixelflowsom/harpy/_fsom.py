@@ -173,10 +173,11 @@ def build_flowsom(
     cell.obs["metaclustering"] = metaclustering
 
     counts = np.bincount(clustering, minlength=n_nodes)
-    medians = _group_median(X, clustering, n_nodes)  # flowsom's groupby("clustering").median(), in X's dtype
+    # flowsom's groupby("clustering").median() in X's dtype, and the per-node median absolute deviations (float64)
+    medians, mads = _group_median(X, clustering, n_nodes, with_mad=True)
     cluster = ad.AnnData(medians)
     cluster.var_names = cell.var_names
-    cv_values, sd_values, mad_values = _node_spread(X, clustering, n_nodes, medians)
+    cv_values, sd_values, mad_values = _node_spread(X, clustering, n_nodes, mads)
     cluster.obsm["cv_values"] = cv_values
     cluster.obsm["sd_values"] = sd_values
     cluster.obsm["mad_values"] = mad_values
@@ -213,13 +214,13 @@ def _labels(values, name: str, n: int) -> np.ndarray:
     raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}.")
 
 
-def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, medians: np.ndarray):
+def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, mads: np.ndarray):
     """Per-node coefficient of variation, standard deviation and median absolute deviation, as flowsom has them.
 
     flowsom computes them, node by node, on the float64 frame ``[clustering, X]`` with ``np.nanstd``,
     ``np.nanstd / np.nanmean`` (a zero mean made NaN) and ``scipy.stats.median_abs_deviation(nan_policy="omit")``;
-    nodes without rows get NaN. ``medians`` are the per-node medians of ``X`` (``cluster_data.X``), reused when ``X``
-    is float64.
+    nodes without rows get NaN. ``mads`` are the per-node median absolute deviations of ``X`` (NaN omitted), from
+    :func:`_group_median`.
 
     Returns
     -------
@@ -227,8 +228,6 @@ def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, medians: n
         ``(n_nodes, p + 1)`` float64 each; column 0 is the ``clustering`` column.
     """
     values = np.asarray(X, dtype=np.float64)
-    if X.dtype != np.float64:
-        medians = _group_median(values, clustering, n_nodes)
     p = values.shape[1]
     counts = np.bincount(clustering, minlength=n_nodes)
     filled = counts > 0
@@ -260,34 +259,34 @@ def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, medians: n
         means[means == 0] = np.nan
         cv_values = sd_values / means
 
-    # median absolute deviation, NaN omitted: pandas' groupby median skips NaN and, like numpy's median, averages
-    # the two middle values of an even count
-    deviation = np.asarray(medians, dtype=np.float64)[clustering]
-    np.subtract(values, deviation, out=deviation)
-    np.abs(deviation, out=deviation)
-    mad_values[filled, 1:] = _group_median(deviation, clustering, n_nodes)[filled]
+    mad_values[filled, 1:] = mads[filled]
     return cv_values, sd_values, mad_values
 
 
-def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int) -> np.ndarray:
+def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int, with_mad: bool = False):
     """NaN-skipping median of each column of ``values`` per label (pandas' groupby), NaN rows for empty labels.
 
-    The rows are sorted by label once; every label's median is then taken over its own contiguous block, in float64
-    and cast back to the values' float dtype, as pandas does.
+    The rows are sorted by label once, channel-major; every label's median is then taken over its own contiguous
+    block, in float64 and cast back to the values' float dtype, as pandas does. With ``with_mad``, also return the
+    float64 median absolute deviations from those (float64) medians, NaN omitted, from the same sorted blocks.
     """
     values = np.asarray(values)
     out_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_nodes + 1))
-    # channel-major, so that every median partitions contiguous memory
-    grouped = np.ascontiguousarray(values[order].T, dtype=np.float64)
+    grouped = np.take(np.asarray(values, dtype=np.float64).T, order, axis=1)  # one gather, channel-major
     median = np.nanmedian if np.isnan(grouped).any() else np.median
     out = np.full((n_nodes, values.shape[1]), np.nan)
+    mad = np.full((n_nodes, values.shape[1]), np.nan) if with_mad else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, as pandas
         for label in np.flatnonzero(np.diff(bounds)):
-            out[label] = median(grouped[:, bounds[label] : bounds[label + 1]], axis=1)
-    return out.astype(out_dtype, copy=False)
+            block = grouped[:, bounds[label] : bounds[label + 1]]
+            out[label] = median(block, axis=1)
+            if with_mad:
+                mad[label] = median(np.abs(block - out[label][:, None]), axis=1)
+    out = out.astype(out_dtype, copy=False)
+    return (out, mad) if with_mad else out
 
 
 def _outliers(distances: np.ndarray, clustering: np.ndarray, n_nodes: int, mad_allowed) -> pd.DataFrame:
