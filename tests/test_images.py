@@ -239,3 +239,19 @@ def test_bad_channels_parameter(image2d):
         model(channels=["marker_00", "marker_00"]).fit(image)
     with pytest.raises(ValueError, match="must name at least one channel"):
         model(channels=[]).fit(image)
+
+
+def test_preprocessing_pipeline_end_to_end(image2d):
+    from pixelflowsom import PixelPreprocessor
+
+    image, truth = image2d
+    pipe = Pipeline([("prep", PixelPreprocessor(sigma=1.0)), ("som", model())])
+    chunked = image.chunk({"y": 40, "x": 50})
+    pipe.fit(chunked)
+    labels = pipe.predict(chunked)
+    assert isinstance(labels.data, da.Array)  # still lazy after preprocessing
+    values = labels.values
+    valid = values > 0
+    assert valid.mean() > 0.8  # the preprocessing's NaN pixels (sum threshold) are background
+    assert adjusted_rand_score(truth[valid], values[valid]) > 0.5  # blur + sum normalisation: 0.72 measured
+    np.testing.assert_array_equal(pipe.predict(image).values, values)  # chunking does not matter
