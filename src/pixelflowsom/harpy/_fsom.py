@@ -274,7 +274,7 @@ def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int, with_mad
     out_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_nodes + 1))
-    grouped = np.take(np.asarray(values, dtype=np.float64).T, order, axis=1)  # one gather, channel-major
+    grouped = np.ascontiguousarray(np.asarray(values, dtype=np.float64)[order].T)  # row gather, then channel-major
     median = np.nanmedian if np.isnan(grouped).any() else np.median
     out = np.full((n_nodes, values.shape[1]), np.nan)
     mad = np.full((n_nodes, values.shape[1]), np.nan) if with_mad else None
