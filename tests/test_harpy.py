@@ -374,3 +374,19 @@ def test_som_algorithm_option(sdata, som):
     np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['som'\]"):
         run(sdata, som=som, model=flowsom.models.FlowSOMEstimator, clusters="x", metaclusters="y")
+
+
+def test_failure_while_labels_compute_changes_nothing(backed, monkeypatch):
+    from pixelflowsom.harpy import _flowsom as adapter
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(adapter, "_build_fsom", broken)
+    path = Path(backed.path)
+    before_files, before_folders = snapshot(path), set(os.listdir(path.parent))
+    with pytest.raises(RuntimeError, match="boom"):
+        run(backed, persist_intermediate=False)
+    assert snapshot(path) == before_files
+    assert set(os.listdir(path.parent)) == before_folders  # the temporary zarr folder is gone too
+    assert "a_clusters" not in backed

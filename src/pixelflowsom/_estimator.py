@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, clone
@@ -21,6 +22,16 @@ from ._metacluster import default_metaclustering
 from ._sampling import sample_image, sample_indices, sample_size, take_rows
 
 _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
+
+
+class TrainingSample(NamedTuple):
+    """The pixels an image fit trained on (for :mod:`pixelflowsom.harpy`, which reports them)."""
+
+    values: np.ndarray  #: (n, p) float64 channel values
+    coords: np.ndarray  #: (n, ndim) int64 array indices in their image
+    image_index: np.ndarray  #: (n,) position of their image in the list
+    nodes: np.ndarray  #: (n,) 0-based nearest SOM node
+    distances: np.ndarray  #: (n,) Euclidean distance to that node
 
 
 def _is_dask_array(X) -> bool:
@@ -299,7 +310,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def _fit_keeping_sample(self, X, trainer=None):
-        """Fit on images and also return the training sample: ``(values, coords, image_index)``.
+        """Fit on images and also return the training sample, a :class:`TrainingSample`.
 
         For :mod:`pixelflowsom.harpy`, which reports the sampled pixels (the estimator itself does not keep them)
         and may train with a flowsom model instead: ``trainer(sample)`` then returns ``(codes, node_metacluster)``.
@@ -333,17 +344,17 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
             coords.append(c[finite])
         sample = np.concatenate(values)
         if trainer is None:
-            self._fit_sample(sample, alpha, random_state)
+            nodes, distances = self._fit_sample(sample, alpha, random_state)
         else:
             codes, node_metacluster = trainer(sample)
             self.metaclustering_ = None
-            self._set_model(codes, node_metacluster, sample)
+            nodes, distances = self._set_model(codes, node_metacluster, sample)
             self.n_iter_ = self.rlen * self.mst
         self.sample_coords_ = coords
         self.labels_ = self._label_images(images, single, layers="metacluster")
         if keep_sample:
             image_index = np.repeat(np.arange(len(images)), [len(c) for c in coords])
-            return sample, np.concatenate(coords), image_index
+            return TrainingSample(sample, np.concatenate(coords), image_index, nodes, distances)
         return None
 
     def _fit_table(self, X, alpha):
@@ -367,8 +378,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes."""
         codes, n_iter = self._train_som(sample, alpha, random_state)
         self.metaclustering_ = self._fit_metaclustering(codes, random_state)
-        self._set_model(codes, self.metaclustering_.labels_, sample)
         self.n_iter_ = n_iter
+        return self._set_model(codes, self.metaclustering_.labels_, sample)
 
     def _train_som(self, sample, alpha, random_state):
         n_nodes = self.xdim * self.ydim
@@ -391,13 +402,17 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         )
 
     def _set_model(self, codes, node_metacluster, sample):
-        """Adopt trained codes and their node-to-metacluster map; ``sample`` is what they were trained on."""
+        """Adopt trained codes and their node-to-metacluster map; ``sample`` is what they were trained on.
+
+        Returns the node of every sample row and its distance to it.
+        """
         self.codes_ = np.asarray(codes, dtype=np.float64)
         self.node_metacluster_ = np.asarray(node_metacluster, dtype=np.int64)
         self.grid_ = _som.grid_coordinates(self.xdim, self.ydim)
-        _, dist = nearest_nodes(sample, self.codes_, return_distances=True)
-        self.quantization_error_ = float(dist.mean())
+        nodes, distances = nearest_nodes(sample, self.codes_, return_distances=True)
+        self.quantization_error_ = float(distances.mean())
         self.n_samples_fit_ = sample.shape[0]
+        return nodes, distances
 
     def _fit_som_only(self, sample):
         """Train only the SOM on a finite in-memory sample (for flowsom's cluster-model interface)."""

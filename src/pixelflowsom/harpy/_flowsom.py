@@ -15,7 +15,6 @@ import pandas as pd
 
 from pixelflowsom._estimator import PixelFlowSOM
 from pixelflowsom._images import full_resolution
-from pixelflowsom._inference import nearest_nodes
 from pixelflowsom.harpy._fsom import build_flowsom
 from pixelflowsom.harpy._model import PixelSOMEstimator, fitted_flowsom_model
 
@@ -301,23 +300,28 @@ def _flowsom(
 
     # ---- sample, train (the estimator checks the images and channels before reading a pixel), label, write
     with _scheduler(client):
-        values, coords, image_index = estimator._fit_keeping_sample(arrays, trainer=trainer)
+        sample = estimator._fit_keeping_sample(arrays, trainer=trainer)
         payload = client.scatter(estimator._payload(), broadcast=True) if client is not None else None
         stacks = estimator._label_images(arrays, False, layers="both", payload=payload)
-        _write_labels(sdata, elements, stacks, clusters, metaclusters, scale_factors, persist_intermediate)
 
-    # ---- the FlowSOM object and the mapping
-    fsom = _build_fsom(
-        estimator,
-        values,
-        coords,
-        [images[i] for i in image_index],
-        trainer.model if trainer is not None else None,
-        random_state,
-        kwargs,
-        metacluster_options,
-        (instance_key, region_key, spatial_key),
-    )
+        # The FlowSOM object (single-threaded pandas/numpy work) is built while the labels compute.
+        def build():
+            return _build_fsom(
+                estimator,
+                sample,
+                [images[i] for i in sample.image_index],
+                trainer.model if trainer is not None else None,
+                random_state,
+                kwargs,
+                metacluster_options,
+                (instance_key, region_key, spatial_key),
+            )
+
+        fsom = _write_labels(
+            sdata, elements, stacks, clusters, metaclusters, scale_factors, persist_intermediate, while_computing=build
+        )
+
+    # ---- the mapping
     mapping = pd.Series(
         estimator.node_metacluster_.astype(np.int64) + 1,
         index=pd.Index(np.arange(1, xdim * ydim + 1, dtype=np.int64)),
@@ -354,30 +358,47 @@ def _scheduler(client):
     return dask.config.set(scheduler=client) if client is not None else nullcontext()
 
 
-def _write_labels(sdata, elements, stacks, clusters, metaclusters, scale_factors, persist_intermediate):
+def _compute_stacks(stacks, temporary_parent, temporary):
+    """Compute every ``(2, [z,] y, x)`` label stack once: persisted in memory, or into a temporary zarr folder."""
+    import dask.array as da
+
+    computed = []
+    for stack in stacks:
+        if temporary_parent is not None:
+            folder = Path(tempfile.mkdtemp(prefix=".pixelflowsom-", dir=temporary_parent))
+            temporary.append(folder)
+            stack.data.to_zarr(str(folder / "labels.zarr"))
+            computed.append(da.from_zarr(str(folder / "labels.zarr")))
+        else:
+            computed.append(stack.data.persist())
+    return computed
+
+
+def _write_labels(
+    sdata, elements, stacks, clusters, metaclusters, scale_factors, persist_intermediate, while_computing=None
+):
     """Add the two labels elements of every image to ``sdata`` (and its store), computing each stack once.
 
     The ``(2, [z,] y, x)`` stack is persisted in memory, or (backed ``sdata`` with ``persist_intermediate=False``)
-    written to a temporary zarr folder beside the store, so that both labels elements read one computation.
-    Temporary folders are removed whatever happens.
+    written to a temporary zarr folder beside the store, so that both labels elements read one computation. The
+    stacks are computed in a background thread while ``while_computing()`` (if given) runs in this one; its result
+    is returned. ``sdata`` and its store change only once both have succeeded; temporary folders are removed
+    whatever happens.
     """
-    import dask.array as da
+    from concurrent.futures import ThreadPoolExecutor
+
     from spatialdata import read_zarr
     from spatialdata.models import Labels2DModel, Labels3DModel
     from spatialdata.transformations import get_transformation
 
     backed = sdata.is_backed() and sdata.path is not None
+    temporary_parent = Path(sdata.path).parent if backed and not persist_intermediate else None
     temporary = []
     try:
-        computed = []
-        for stack in stacks:
-            if backed and not persist_intermediate:
-                folder = Path(tempfile.mkdtemp(prefix=".pixelflowsom-", dir=Path(sdata.path).parent))
-                temporary.append(folder)
-                stack.data.to_zarr(str(folder / "labels.zarr"))
-                computed.append(da.from_zarr(str(folder / "labels.zarr")))
-            else:
-                computed.append(stack.data.persist())
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(_compute_stacks, stacks, temporary_parent, temporary)
+            result = while_computing() if while_computing is not None else None
+            computed = future.result()
         # Everything is computed: only now is sdata (and its store) changed.
         for element, stack, data, names in zip(
             elements, stacks, computed, zip(clusters, metaclusters, strict=True), strict=True
@@ -399,6 +420,7 @@ def _write_labels(sdata, elements, stacks, clusters, metaclusters, scale_factors
                         sdata.delete_element_from_disk(name)
                     sdata.write_element(name)
                     sdata.labels[name] = read_zarr(sdata.path, selection=("labels",)).labels[name]
+        return result
     finally:
         for folder in temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -409,12 +431,12 @@ def _labels_on_disk(sdata) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
 
 
-def _build_fsom(estimator, values, coords, regions, trained_model, random_state, kwargs, metacluster_options, keys):
+def _build_fsom(estimator, sample, regions, trained_model, random_state, kwargs, metacluster_options, keys):
     """Build the call's ``flowsom.FlowSOM``: the sample, its labels, the model; then harpy's final touches."""
     from flowsom.models import FlowSOMEstimator
 
     instance_key, region_key, spatial_key = keys
-    nodes, distances = nearest_nodes(values, estimator.codes_, return_distances=True)
+    values, coords, nodes, distances = sample.values, sample.coords, sample.nodes, sample.distances
     params = {
         "xdim": estimator.xdim,
         "ydim": estimator.ydim,
