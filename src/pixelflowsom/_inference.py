@@ -401,30 +401,22 @@ def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
         data = data.rechunk((-1, *spatial))
     dtype = label_dtype(n_ids)
     spatial_chunks = data.chunks[1:]
-    if layers == "metacluster":
-        out = data.map_blocks(
-            _image_block,
-            model,
-            layers,
-            dtype,
-            drop_axis=0,
-            chunks=spatial_chunks,
-            dtype=dtype,
-            meta=np.empty((0,) * len(spatial_dims), dtype=dtype),
-            token="pixelflowsom-metaclusters",
-        )
+    if layers == "metacluster":  # the channel axis is dropped
+        out_chunks, axes, token = spatial_chunks, {"drop_axis": 0}, "pixelflowsom-metaclusters"
         dims, coords = spatial_dims, {}
-    else:
-        out = data.map_blocks(
-            _image_block,
-            model,
-            layers,
-            dtype,
-            chunks=((2,), *spatial_chunks),
-            dtype=dtype,
-            meta=np.empty((0,) * (1 + len(spatial_dims)), dtype=dtype),
-            token="pixelflowsom-labels",
-        )
+    else:  # the channel axis becomes the 2-long label axis
+        out_chunks, axes, token = ((2,), *spatial_chunks), {}, "pixelflowsom-labels"
         dims, coords = ("label", *spatial_dims), {"label": ["som_node", "metacluster"]}
+    out = data.map_blocks(
+        _image_block,
+        model,
+        layers,
+        dtype,
+        chunks=out_chunks,
+        dtype=dtype,
+        meta=np.empty((0,) * len(out_chunks), dtype=dtype),
+        token=token,
+        **axes,
+    )
     coords.update({d: image.coords[d] for d in spatial_dims if d in image.coords})
     return xr.DataArray(out, dims=dims, coords=coords)

@@ -309,7 +309,7 @@ def _flowsom(
             return _build_fsom(
                 estimator,
                 sample,
-                [images[i] for i in sample.image_index],
+                np.asarray(images, dtype=object)[sample.image_index],
                 trainer.model if trainer is not None else None,
                 random_state,
                 kwargs,
