@@ -214,6 +214,13 @@ def test_fsom_model_and_cluster_data(sdata):
     for key in ("metacluster_MFIs", "outliers", "graph", "xdim", "ydim"):
         assert key in clusters.uns
     assert clusters.obs["percentages"].sum() == pytest.approx(1.0)
+    # the SOM's labels and distances of the sample (reused from the fit, not recomputed) are its codes' own
+    som, cells = model.cluster_model, fsom.get_cell_data()
+    labels, distances = som.labels_.copy(), som.distances.copy()
+    np.testing.assert_array_equal(labels, cells.obs["clustering"].astype(int))
+    np.testing.assert_array_equal(model.cluster_labels_, labels)
+    np.testing.assert_array_equal(som.predict(cells.X), labels)
+    np.testing.assert_allclose(som.distances, distances, rtol=1e-12)
     # flowsom's own plots and new_data work on it
     import matplotlib
 

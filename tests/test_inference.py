@@ -17,7 +17,9 @@ def brute_force(X, codes):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16, np.int32])
-@pytest.mark.parametrize(("n", "p", "k"), [(1, 1, 1), (1000, 3, 7), (5000, 20, 100), (777, 40, 36)])
+@pytest.mark.parametrize(
+    ("n", "p", "k"), [(1, 1, 1), (1000, 3, 7), (5000, 20, 100), (777, 40, 36), (600, 5, 2), (513, 2, 9), (300, 8, 4)]
+)
 def test_equals_float64_brute_force(dtype, n, p, k):
     rng = np.random.default_rng(n + p + k)
     X = (rng.random((n, p)) * 1000).astype(dtype)

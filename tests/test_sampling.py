@@ -2,7 +2,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from pixelflowsom._sampling import sample_indices, sample_size, take_rows
+from pixelflowsom._sampling import sample_image, sample_indices, sample_size, take_rows
 
 
 @pytest.mark.parametrize(("n", "fraction", "expected"), [(10, 0.1, 1), (10, 0.19, 1), (1000, 0.333, 333), (7, 1.0, 7)])
@@ -28,3 +28,23 @@ def test_take_rows_same_for_any_chunking():
     for chunks in [(1000, 3), (7, 3), (100, 1)]:
         np.testing.assert_array_equal(take_rows(da.from_array(X, chunks=chunks), rows), expected)
     np.testing.assert_array_equal(take_rows(X, rows), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16, np.int8, bool])
+@pytest.mark.parametrize("shape", [(3, 37, 41), (2, 5, 13, 17)])
+def test_sample_image_values_are_the_pixels_at_coords(dtype, shape):
+    rng = np.random.default_rng(len(shape))
+    data = (rng.random(shape) * 100).astype(dtype)
+    view = np.asfortranarray(data)[..., ::-1][..., ::-1]  # a non-C-contiguous array with the same values
+    expected_coords = None
+    for image in (data, view, da.from_array(data, chunks=(1, *(7,) * (len(shape) - 1))), da.from_array(view)):
+        values, coords = sample_image(image, 0.3, 5)
+        if expected_coords is None:
+            expected_coords = coords
+        np.testing.assert_array_equal(coords, expected_coords)  # whatever the layout and chunking
+        assert values.dtype == np.float64
+        assert values.shape == (len(coords), shape[0])
+        assert values.T.flags.c_contiguous  # channel-major, as the batch SOM and the labelling read it
+        np.testing.assert_array_equal(values, data[(slice(None), *coords.T)].T.astype(np.float64))
+    flat = np.ravel_multi_index(tuple(expected_coords.T), shape[1:])
+    np.testing.assert_array_equal(flat, sample_indices(int(np.prod(shape[1:])), 0.3, 5))  # row-major order

@@ -27,7 +27,7 @@ _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
 class TrainingSample(NamedTuple):
     """The pixels an image fit trained on (for :mod:`pixelflowsom.harpy`, which reports them)."""
 
-    values: np.ndarray  #: (n, p) float64 channel values
+    values: np.ndarray  #: (n, p) float64 channel values (a view of a channel-major array)
     coords: np.ndarray  #: (n, ndim) int64 array indices in their image
     image_index: np.ndarray  #: (n,) position of their image in the list
     nodes: np.ndarray  #: (n,) 0-based nearest SOM node
@@ -340,9 +340,13 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"value in the selected channels {self.channels_}; select other channels, fix the image or "
                     "leave it out."
                 )
-            values.append(v[finite])
-            coords.append(c[finite])
-        sample = np.concatenate(values)
+            if not finite.all():
+                v, c = v.T[:, finite].T, c[finite]
+            values.append(v)
+            coords.append(c)
+        # The sampled values come channel-major ((n, p) views of (p, n) arrays): keep that layout, which the batch
+        # SOM and the labelling read without a transposing copy.
+        sample = values[0] if len(values) == 1 else np.concatenate([v.T for v in values], axis=1).T
         if trainer is None:
             nodes, distances = self._fit_sample(sample, alpha, random_state)
         else:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-#: Pixels per sub-block: the float32 copy of a sub-block and its score tile stay in L1/L2 cache.
-_BLOCK = 128
+#: Pixels per sub-block: its float32 copy stays in L1 cache, its score tile in L2.
+_BLOCK = 256
 #: Unit roundoff of float32.
 _U32 = float(np.finfo(np.float32).eps) / 2
 
@@ -62,15 +62,17 @@ class SOMModel:
         return self.codes.shape[1]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
-    """Assign every pixel (column of ``xt``) to its nearest code.
+    """Assign every pixel (column of ``xt``) to its nearest code. Assumes validated input.
 
     For each sub-block of ``_BLOCK`` pixels: copy it to float32, compute the ``(n_nodes, _BLOCK)`` score tile
-    ``c.x - |c|^2 / 2`` (the tile starts at ``-|c|^2 / 2``, then a small GEMM, four nodes at a time, whose inner loop
-    over pixels vectorises), and reduce it to the best and second-best score per pixel and the best node. The
-    reduction uses selects, not branches: early in training the codes are nearly equal and which node wins is a coin
-    toss, on which a branchy argmax would mispredict half the time.
+    ``c.x - |c|^2 / 2`` and reduce it to the best and second-best score per pixel and the best node. The tile is a
+    small GEMM blocked for registers: four nodes times four channels per pass, so that each score is loaded and
+    stored once per four channels, and the inner loop over pixels vectorises (channels and nodes are zero-padded to
+    multiples of four; padded nodes score ``-inf``). The reduction uses selects, not branches: early in training the
+    codes are nearly equal and which node wins is a coin toss, on which a branchy argmax would mispredict half the
+    time.
 
     Parameters
     ----------
@@ -92,37 +94,42 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
     """
     p, n = xt.shape
     k = codes64.shape[0]
+    kp = -(-k // 4) * 4
+    pp = -(-p // 4) * 4
     want_dist = sqdist.shape[0] > 0
     want_sums = counts.shape[0] > 0
     pixel_major = xt.strides[1] > xt.strides[0]
-    codes = codes64.astype(np.float32)
-    half_norm = np.empty(k, np.float32)
+    codes = np.zeros((kp, pp), np.float32)
+    half_norm = np.full(kp, -np.inf, np.float32)
     cmax = 0.0
     for j in range(k):
         s = 0.0
         for c in range(p):
+            codes[j, c] = codes64[j, c]
             s += codes64[j, c] * codes64[j, c]
         half_norm[j] = -0.5 * s
         cmax = max(cmax, np.sqrt(s))
     # Squared distance = |x|^2 - 2 * score. Bound on the float32 error of 2 * score (rounding of x and c to float32,
-    # p-term accumulation, the norm term): (p + 4) u (|x| + |c|)^2, with a safety factor of 2 for each of the two
-    # scores compared.
+    # the accumulation of the p products, at most ceil(p / 4) + 4 roundings deep, and the norm term):
+    # (p + 4) u (|x| + |c|)^2, with a safety factor of 2 for each of the two scores compared.
     rel = 4.0 * (p + 4) * 5.960464477539063e-08
 
-    buf = np.empty((p, _BLOCK), np.float32)
-    scores = np.empty((k, _BLOCK), np.float32)
+    buf = np.zeros((pp, _BLOCK), np.float32)  # rows p..pp stay 0
+    scores = np.empty((kp, _BLOCK), np.float32)
     best = np.empty(_BLOCK, np.float32)
     second = np.empty(_BLOCK, np.float32)
     bidx = np.empty(_BLOCK, np.int32)
-    xnorm = np.empty(_BLOCK)
+    xnorm = np.empty(_BLOCK, np.float32)
     for i0 in range(0, n, _BLOCK):
         m = min(_BLOCK, n - i0)
+        # The float32 copy of the sub-block and the squared norms of its pixels, in float32 (only the error bound
+        # and the finiteness test read them; a norm that overflows is recomputed in float64 below).
         if pixel_major:
             # A transposed row-major table: read each pixel's channels contiguously.
             for i in range(m):
-                acc = 0.0
+                acc = np.float32(0.0)
                 for c in range(p):
-                    v = np.float64(xt[c, i0 + i])
+                    v = np.float32(xt[c, i0 + i])
                     buf[c, i] = v
                     acc += v * v
                 xnorm[i] = acc
@@ -131,47 +138,47 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
                 xnorm[i] = 0.0
             for c in range(p):
                 for i in range(m):
-                    v = np.float64(xt[c, i0 + i])
+                    v = np.float32(xt[c, i0 + i])
                     buf[c, i] = v
                     xnorm[i] += v * v
-        for j in range(0, k, 4):
-            jj = min(4, k - j)
-            for t in range(jj):
-                h = half_norm[j + t]
+        for j in range(0, kp, 4):
+            h0, h1, h2, h3 = half_norm[j], half_norm[j + 1], half_norm[j + 2], half_norm[j + 3]
+            for i in range(m):
+                scores[j, i] = h0
+                scores[j + 1, i] = h1
+                scores[j + 2, i] = h2
+                scores[j + 3, i] = h3
+            for c in range(0, pp, 4):
+                a0, a1, a2, a3 = codes[j, c], codes[j, c + 1], codes[j, c + 2], codes[j, c + 3]
+                b0, b1, b2, b3 = codes[j + 1, c], codes[j + 1, c + 1], codes[j + 1, c + 2], codes[j + 1, c + 3]
+                d0, d1, d2, d3 = codes[j + 2, c], codes[j + 2, c + 1], codes[j + 2, c + 2], codes[j + 2, c + 3]
+                e0, e1, e2, e3 = codes[j + 3, c], codes[j + 3, c + 1], codes[j + 3, c + 2], codes[j + 3, c + 3]
                 for i in range(m):
-                    scores[j + t, i] = h
-            if jj == 4:
-                for c in range(p):
-                    c0 = codes[j, c]
-                    c1 = codes[j + 1, c]
-                    c2 = codes[j + 2, c]
-                    c3 = codes[j + 3, c]
-                    for i in range(m):
-                        x = buf[c, i]
-                        scores[j, i] += c0 * x
-                        scores[j + 1, i] += c1 * x
-                        scores[j + 2, i] += c2 * x
-                        scores[j + 3, i] += c3 * x
-            else:
-                for t in range(jj):
-                    for c in range(p):
-                        ct = codes[j + t, c]
-                        for i in range(m):
-                            scores[j + t, i] += ct * buf[c, i]
+                    x0, x1, x2, x3 = buf[c, i], buf[c + 1, i], buf[c + 2, i], buf[c + 3, i]
+                    scores[j, i] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                    scores[j + 1, i] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                    scores[j + 2, i] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                    scores[j + 3, i] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
         for i in range(m):
             best[i] = -np.inf
             second[i] = -np.inf
             bidx[i] = 0
-        for j in range(k):
-            node = np.int32(j)
+        for j in range(0, kp, 4):
             for i in range(m):
-                s = scores[j, i]
-                b = best[i]
-                second[i] = max(second[i], min(s, b))
-                bidx[i] = node if s > b else bidx[i]
-                best[i] = max(b, s)
+                b, s2, bi = best[i], second[i], bidx[i]
+                for t in range(4):
+                    s = scores[j + t, i]
+                    s2 = max(s2, min(s, b))
+                    bi = np.int32(j + t) if s > b else bi
+                    b = max(b, s)
+                best[i], second[i], bidx[i] = b, s2, bi
         for i in range(m):
-            xn = xnorm[i]
+            xn = np.float64(xnorm[i])
+            if not np.isfinite(xn):
+                xn = 0.0
+                for c in range(p):
+                    v = np.float64(xt[c, i0 + i])
+                    xn += v * v
             if not np.isfinite(xn):
                 labels[i0 + i] = -1
                 if want_dist:
@@ -180,10 +187,14 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
             node = bidx[i]
             scale = np.sqrt(xn) + cmax
             exact_dist = -1.0
-            if exact and not (2.0 * (np.float64(best[i]) - np.float64(second[i])) > rel * scale * scale):
-                # Too close to call in float32: the exact float64 argmin, lowest index on ties.
+            tolerance = rel * scale * scale
+            if exact and not (2.0 * (np.float64(best[i]) - np.float64(second[i])) > tolerance):
+                # Too close to call in float32: the exact float64 argmin, lowest index on ties, among the nodes whose
+                # float32 score is close enough to the best to be the true winner.
                 exact_dist = np.inf
                 for j in range(k):
+                    if 2.0 * (np.float64(best[i]) - np.float64(scores[j, i])) > tolerance:
+                        continue
                     d = 0.0
                     for c in range(p):
                         diff = np.float64(xt[c, i0 + i]) - codes64[j, c]

@@ -6,6 +6,7 @@ or computed, so the same data give the same model whatever their dask layout or 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -49,9 +50,41 @@ def take_rows(X, rows: np.ndarray) -> np.ndarray:
     return np.asarray(X[rows], dtype=np.float64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _gather_2d(block, ys, xs, out):
+    """``out[c, i] = block[c, ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+    for c in range(block.shape[0]):
+        for i in range(ys.shape[0]):
+            out[c, i] = block[c, ys[i], xs[i]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_3d(block, zs, ys, xs, out):
+    """``out[c, i] = block[c, zs[i], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+    for c in range(block.shape[0]):
+        for i in range(ys.shape[0]):
+            out[c, i] = block[c, zs[i], ys[i], xs[i]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_columns(values, columns, block_values):
+    """``values[:, columns] = block_values``. Assumes validated input."""
+    for c in range(values.shape[0]):
+        for i in range(columns.shape[0]):
+            values[c, columns[i]] = block_values[c, i]
+
+
 def _take_block_pixels(block, local):
-    """Block task: values ``(c, m)`` of the pixels at ``local`` (``(ndim, m)`` positions inside the block)."""
-    return np.asarray(block)[(slice(None), *local)]
+    """Block task: float64 values ``(c, m)`` of the pixels at ``local`` (``(ndim, m)`` positions inside the block)."""
+    block = np.asarray(block)
+    out = np.empty((block.shape[0], len(local[0])), dtype=np.float64)
+    if block.dtype.kind not in "iuf":  # not a numba-typed number: plain indexing
+        out[:] = block[(slice(None), *local)]
+    elif len(local) == 2:
+        _gather_2d(block, *local, out)
+    else:
+        _gather_3d(block, *local, out)
+    return out
 
 
 def sample_image(image, fraction: float, seed):
@@ -70,7 +103,7 @@ def sample_image(image, fraction: float, seed):
     -------
     values : numpy.ndarray
         ``(m, c)`` float64 values of the sampled pixels, in the row-major order of their positions (whatever the
-        chunking).
+        chunking): the transpose of a C-contiguous ``(c, m)`` array.
     coords : numpy.ndarray
         ``(m, ndim)`` int64 array indices ``([z,] y, x)`` of the sampled pixels.
 
@@ -86,11 +119,10 @@ def sample_image(image, fraction: float, seed):
     shape = data.shape[1:]
     flat = sample_indices(int(np.prod(shape)), fraction, seed)
     coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
-    values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
     if not isinstance(data, da.Array):
-        values[:] = data[(slice(None), *coords.T)]
-        return values.T, coords
+        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))).T, coords
 
+    values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
     data = data.rechunk({0: -1})
     starts = [np.cumsum((0, *chunks)) for chunks in data.chunks[1:]]
     block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
@@ -103,9 +135,9 @@ def sample_image(image, fraction: float, seed):
         if len(rows) == 0:
             continue
         b = tuple(block_of[rows[0]])
-        local = coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])
-        tasks.append(dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(0, *b)], tuple(local.T)))
+        local = np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T)
+        tasks.append(dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(0, *b)], tuple(local)))
         positions.append(rows)
     for rows, block_values in zip(positions, dask.compute(*tasks), strict=True):
-        values[:, rows] = block_values
+        _scatter_columns(values, rows, block_values)
     return values.T, coords

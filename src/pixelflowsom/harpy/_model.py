@@ -67,11 +67,18 @@ class PixelSOMEstimator(BaseClusterEstimator):
         som._fit_som_only(np.asarray(X, dtype=np.float64))
         return self._set_fitted(som.codes_, np.asarray(X))
 
-    def _set_fitted(self, codes, X):
-        """Adopt trained ``codes``; label ``X`` with them (flowsom reads ``labels_`` and ``distances``)."""
+    def _set_fitted(self, codes, X, labels=None, distances=None):
+        """Adopt trained ``codes``; label ``X`` with them (flowsom reads ``labels_`` and ``distances``).
+
+        ``labels`` and ``distances``, when given, are those of ``X`` (already computed with these codes).
+        """
         self.codes = np.array(codes, dtype=np.float64)
         self._is_fitted = True
-        self.predict(X)
+        if labels is None or distances is None:
+            self.predict(X)
+        else:
+            self.labels_ = np.asarray(labels)
+            self.distances = np.asarray(distances)
         return self
 
     def predict(self, X, y=None):
@@ -87,7 +94,7 @@ class PixelSOMEstimator(BaseClusterEstimator):
         return self.fit(X).labels_
 
 
-def fitted_flowsom_model(model_class, *, codes, node_metacluster, X, **params):
+def fitted_flowsom_model(model_class, *, codes, node_metacluster, X, labels=None, distances=None, **params):
     """Build a fitted flowsom model of ``model_class`` whose SOM is a fitted :class:`PixelSOMEstimator`.
 
     Parameters
@@ -99,6 +106,9 @@ def fitted_flowsom_model(model_class, *, codes, node_metacluster, X, **params):
     X
         The training sample (``labels_``, ``cluster_labels_`` and ``distances`` describe it, as after flowsom's
         ``fit_predict``).
+    labels, distances
+        The 0-based nearest node of every row of ``X`` and the distance to it, if already computed with ``codes``
+        (otherwise they are computed).
     **params
         Parameters of the model, as ``flowsom.FlowSOM`` passes them (``xdim``, ``n_clusters``, ...).
 
@@ -108,7 +118,7 @@ def fitted_flowsom_model(model_class, *, codes, node_metacluster, X, **params):
         The model, in the state ``fit_predict(X)`` leaves a flowsom model in.
     """
     model = model_class(cluster_model=PixelSOMEstimator, **params)
-    model.cluster_model._set_fitted(codes, X)
+    model.cluster_model._set_fitted(codes, X, labels, distances)
     model._y_codes = np.asarray(node_metacluster)
     model.cluster_labels_ = model.cluster_model.labels_
     model.labels_ = model._y_codes[model.cluster_labels_]
