@@ -4,19 +4,23 @@
 pandas loop over the nodes (``FlowSOM._update_derived_values`` and ``FlowSOM.test_outliers`` filter the whole sample
 once per node and statistic), which is slow on big samples. :func:`build_flowsom` creates the instance with
 ``FlowSOM.__new__``, reads the sample in with flowsom's own ``read_input`` and computes the same fields, values and
-dtypes vectorised (``bincount`` and pandas groupby), quirks included.
+dtypes, quirks included, with the kernels of :mod:`pixelflowsom.harpy._groupstats`: the rows sorted by
+``(metacluster, node)`` and copied once, then every statistic of every node (or metacluster) and channel in one go.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from flowsom import FlowSOM
 from mudata import MuData
+
+from pixelflowsom.harpy._groupstats import GroupStats, RowOrder, count_above, gather_columns, group_stats, sort_rows
 
 __all__ = ["build_flowsom"]
 
@@ -111,8 +115,9 @@ def build_flowsom(
     - ``cell_data.var["cols_used"]`` is an object column of Python bools, and ``mudata`` itself keeps its empty
       global ``obs``/``var`` (flowsom replaces the modalities without ``mudata.update()``).
 
-    Only floating point sums may differ from flowsom's, in the last bits (``bincount`` instead of numpy's pairwise
-    summation, for the means and standard deviations); medians are exact.
+    Only floating point sums may differ from flowsom's, in the last bits (blocked sums instead of numpy's pairwise
+    summation, for the means and standard deviations); medians and median absolute deviations are exact (the mean of
+    the two middle values on even counts, as pandas and numpy).
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
@@ -173,14 +178,12 @@ def build_flowsom(
     cell.obs["metaclustering"] = metaclustering
 
     counts = np.bincount(clustering, minlength=n_nodes)
-    # flowsom's groupby("clustering").median() in X's dtype, and the per-node median absolute deviations (float64)
-    medians, mads = _group_median(X, clustering, n_nodes, with_mad=True)
-    cluster = ad.AnnData(medians)
+    stats = _cluster_stats(X, clustering, metaclustering, distances, counts, mad_allowed)
+    cluster = ad.AnnData(stats.medians)
     cluster.var_names = cell.var_names
-    cv_values, sd_values, mad_values = _node_spread(X, clustering, n_nodes, mads)
-    cluster.obsm["cv_values"] = cv_values
-    cluster.obsm["sd_values"] = sd_values
-    cluster.obsm["mad_values"] = mad_values
+    cluster.obsm["cv_values"] = stats.cv_values
+    cluster.obsm["sd_values"] = stats.sd_values
+    cluster.obsm["mad_values"] = stats.mad_values
     cluster.obs["percentages"] = np.divide(counts, np.sum(counts))
     cluster.obs["metaclustering"] = node_metacluster
     cluster.uns["xdim"] = xdim
@@ -188,14 +191,12 @@ def build_flowsom(
     cluster.obsm["codes"] = codes
     grid = np.meshgrid(np.arange(xdim), np.arange(ydim), indexing="ij")
     cluster.obsm["grid"] = np.stack(grid, axis=-1).reshape(-1, 2).astype(np.int64)
-    cluster.uns["outliers"] = _outliers(distances, clustering, n_nodes, mad_allowed).reset_index()
+    cluster.uns["outliers"] = stats.outliers.reset_index()
     fsom.mudata.mod["cluster_data"] = cluster
-
-    # df.groupby("metaclustering").median() of the cell table: the metaclusters present, in order
-    present = np.unique(metaclustering)
-    mfis = _group_median(X, np.searchsorted(present, metaclustering), len(present))
     cluster.uns["metacluster_MFIs"] = pd.DataFrame(
-        mfis, index=pd.Index(present, name="metaclustering"), columns=cell.var_names.copy()
+        stats.metacluster_medians,
+        index=pd.Index(stats.metaclusters, name="metaclustering"),
+        columns=cell.var_names.copy(),
     )
 
     FlowSOM.build_MST(fsom)
@@ -214,95 +215,96 @@ def _labels(values, name: str, n: int) -> np.ndarray:
     raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}.")
 
 
-def _node_spread(X: np.ndarray, clustering: np.ndarray, n_nodes: int, mads: np.ndarray):
-    """Per-node coefficient of variation, standard deviation and median absolute deviation, as flowsom has them.
+class _ClusterStats(NamedTuple):
+    """The statistics of the nodes and metaclusters that flowsom stores in ``cluster_data``."""
 
-    flowsom computes them, node by node, on the float64 frame ``[clustering, X]`` with ``np.nanstd``,
-    ``np.nanstd / np.nanmean`` (a zero mean made NaN) and ``scipy.stats.median_abs_deviation(nan_policy="omit")``;
-    nodes without rows get NaN. ``mads`` are the per-node median absolute deviations of ``X`` (NaN omitted), from
-    :func:`_group_median`.
+    medians: np.ndarray  # (n_nodes, p), X's float dtype (float64 for other dtypes), NaN on empty nodes
+    cv_values: np.ndarray  # (n_nodes, p + 1) float64, column 0 for the clustering column
+    sd_values: np.ndarray  # (n_nodes, p + 1) float64
+    mad_values: np.ndarray  # (n_nodes, p + 1) float64
+    outliers: pd.DataFrame  # FlowSOM.test_outliers' table
+    metaclusters: np.ndarray  # (n_metaclusters,) int64, the metaclusters present, in order
+    metacluster_medians: np.ndarray  # (n_metaclusters, p), dtype of medians
 
-    Returns
-    -------
-    cv_values, sd_values, mad_values : numpy.ndarray
-        ``(n_nodes, p + 1)`` float64 each; column 0 is the ``clustering`` column.
+
+def _cluster_stats(X, clustering, metaclustering, distances, counts, mad_allowed) -> _ClusterStats:
+    """Per-node and per-metacluster statistics, as flowsom has them, from one sort and copy of ``X``.
+
+    The rows are ordered by ``(metacluster, node)`` and ``X`` is copied once in that order, channel-major, in float64
+    (:mod:`._groupstats`); the NaN-skipping medians, median absolute deviations, means and standard deviations of
+    every node and channel and the medians of every metacluster come from that copy, the outlier table from the
+    distances in the same order. ``counts`` are the numbers of rows of every node.
+
+    flowsom computes the node medians with ``groupby("clustering").median()`` (float64, cast back to ``X``'s float
+    dtype, as pandas does), the rest node by node on the float64 frame ``[clustering, X]`` with ``np.nanstd``,
+    ``np.nanstd / np.nanmean`` (a zero mean made NaN) and ``scipy.stats.median_abs_deviation(nan_policy="omit")``
+    (from float64 medians); nodes without rows get NaN. The clustering column (column 0 of the spread tables) is
+    constant on a node: mean the node, standard deviation and MAD 0.
     """
-    values = np.asarray(X, dtype=np.float64)
-    p = values.shape[1]
-    counts = np.bincount(clustering, minlength=n_nodes)
-    filled = counts > 0
-    any_nan = bool(np.isnan(values).any())
-    nodes = np.arange(n_nodes, dtype=np.float64)
+    n_nodes = len(counts)
+    out_dtype = X.dtype if X.dtype.kind == "f" else np.dtype(np.float64)
+    metaclusters, metas = _dense_labels(metaclustering)
+    order = sort_rows(clustering, n_nodes, metas, len(metaclusters))
+    columns = gather_columns(X, order.perm)
+    nodes = group_stats(columns, *order.node_pieces, mad=True, spread=True)
+    metacluster_medians = group_stats(columns, *order.meta_pieces).median
+    del columns
+    sorted_distances = distances[order.perm]
+    node_distances = group_stats(sorted_distances[None, :], *order.node_pieces, mad=True, maximum=True)
 
+    p = X.shape[1]
+    filled = counts > 0
     means = np.full((n_nodes, p + 1), np.nan)
     sd_values = np.full((n_nodes, p + 1), np.nan)
     mad_values = np.full((n_nodes, p + 1), np.nan)
-    # the clustering column is constant on a node: mean the node, standard deviation and mad 0
-    means[filled, 0] = nodes[filled]
+    means[filled, 0] = np.flatnonzero(filled)
     sd_values[filled, 0] = 0.0
     mad_values[filled, 0] = 0.0
+    means[:, 1:] = nodes.mean
+    sd_values[:, 1:] = nodes.sd
+    mad_values[:, 1:] = nodes.mad
+    means[means == 0] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
-        for j in range(p):  # a loop over the channels, each step vectorised over rows and nodes
-            column = values[:, j]
-            if any_nan:  # np.nanmean and np.nanstd count and sum the non-NaN values only
-                valid = ~np.isnan(column)
-                n_valid = np.bincount(clustering, weights=valid, minlength=n_nodes)
-                mean = np.bincount(clustering, weights=np.where(valid, column, 0.0), minlength=n_nodes) / n_valid
-                deviation = np.where(valid, column - mean[clustering], 0.0)
-            else:
-                n_valid = counts
-                mean = np.bincount(clustering, weights=column, minlength=n_nodes) / n_valid
-                deviation = column - mean[clustering]
-            sd = np.sqrt(np.bincount(clustering, weights=deviation * deviation, minlength=n_nodes) / n_valid)
-            means[filled, j + 1] = mean[filled]
-            sd_values[filled, j + 1] = sd[filled]
-        means[means == 0] = np.nan
         cv_values = sd_values / means
 
-    mad_values[filled, 1:] = mads[filled]
-    return cv_values, sd_values, mad_values
+    outliers = _outliers(node_distances, counts, sorted_distances, order, mad_allowed)
+    return _ClusterStats(
+        medians=nodes.median.astype(out_dtype, copy=False),
+        cv_values=cv_values,
+        sd_values=sd_values,
+        mad_values=mad_values,
+        outliers=outliers,
+        metaclusters=metaclusters,
+        metacluster_medians=metacluster_medians.astype(out_dtype, copy=False),
+    )
 
 
-def _group_median(values: np.ndarray, labels: np.ndarray, n_nodes: int, with_mad: bool = False):
-    """NaN-skipping median of each column of ``values`` per label (pandas' groupby), NaN rows for empty labels.
-
-    The rows are sorted by label once, channel-major; every label's median is then taken over its own contiguous
-    block, in float64 and cast back to the values' float dtype, as pandas does. With ``with_mad``, also return the
-    float64 median absolute deviations from those (float64) medians, NaN omitted, from the same sorted blocks.
-    """
-    values = np.asarray(values)
-    out_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(n_nodes + 1))
-    grouped = np.ascontiguousarray(np.asarray(values, dtype=np.float64)[order].T)  # row gather, then channel-major
-    median = np.nanmedian if np.isnan(grouped).any() else np.median
-    out = np.full((n_nodes, values.shape[1]), np.nan)
-    mad = np.full((n_nodes, values.shape[1]), np.nan) if with_mad else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, as pandas
-        for label in np.flatnonzero(np.diff(bounds)):
-            block = grouped[:, bounds[label] : bounds[label + 1]]
-            out[label] = median(block, axis=1)
-            if with_mad:
-                mad[label] = median(np.abs(block - out[label][:, None]), axis=1)
-    out = out.astype(out_dtype, copy=False)
-    return (out, mad) if with_mad else out
+def _dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the distinct ``labels``, in order, and the index of every label among them (``np.unique``'s inverse)."""
+    lo, hi = int(labels.min()), int(labels.max())
+    if hi - lo > 2 * len(labels):  # sparse labels: sort them
+        present, inverse = np.unique(labels, return_inverse=True)
+        return present.astype(np.int64, copy=False), inverse.reshape(-1)
+    shifted = labels - lo
+    seen = np.bincount(shifted, minlength=hi - lo + 1) > 0
+    return np.flatnonzero(seen) + lo, (np.cumsum(seen) - 1)[shifted]
 
 
-def _outliers(distances: np.ndarray, clustering: np.ndarray, n_nodes: int, mad_allowed) -> pd.DataFrame:
-    """``FlowSOM.test_outliers(mad_allowed)`` (without reference or channels), vectorised.
+def _outliers(node_distances: GroupStats, counts, sorted_distances, order: RowOrder, mad_allowed) -> pd.DataFrame:
+    """``FlowSOM.test_outliers(mad_allowed)`` (without reference or channels), from the nodes' distance statistics.
 
     flowsom selects the rows of node ``cl`` with ``clustering == cl + 1`` on 0-based labels, so row ``i`` of the
     table describes node ``i + 1`` and the last row is ``0``. Per node it takes ``np.median`` and
     ``scipy.stats.median_abs_deviation`` (both NaN when a distance is NaN), ``np.max`` on the pandas Series (which
     skips NaN) and counts the distances above ``median + mad_allowed * mad``; an empty node gives integer ``0``.
+    ``node_distances`` are the NaN-skipping statistics of the distances, ``sorted_distances`` the distances in the
+    order of ``order``.
     """
-    counts = np.bincount(clustering, minlength=n_nodes)
-    has_nan = np.bincount(clustering, weights=np.isnan(distances), minlength=n_nodes) > 0
-    median = _group_median(distances[:, None], clustering, n_nodes)[:, 0]
-    median[has_nan] = np.nan
-    mad = _group_median(np.abs(distances - median[clustering])[:, None], clustering, n_nodes)[:, 0]
-    maximum = pd.Series(distances).groupby(clustering).max().reindex(range(n_nodes)).to_numpy(dtype=np.float64)
+    n_nodes = len(counts)
+    has_nan = node_distances.count[:, 0] < counts
+    median = np.where(has_nan, np.nan, node_distances.median[:, 0])
+    mad = np.where(has_nan, np.nan, node_distances.mad[:, 0])
+    maximum = node_distances.maximum[:, 0]
 
     # shift by one node: row i is node i + 1, the last row has no node
     shown = np.append(counts[1:] > 0, False)
@@ -314,10 +316,9 @@ def _outliers(distances: np.ndarray, clustering: np.ndarray, n_nodes: int, mad_a
         median_dist = mad_dist = max_dist = np.zeros(n_nodes, dtype=np.int64)
     thresholds = np.add(median_dist, np.multiply(mad_allowed, mad_dist))
 
-    shifted = clustering >= 1
-    node = clustering[shifted] - 1
-    above = distances[shifted] > thresholds[node]
-    n_outliers = np.bincount(node[above], minlength=n_nodes).astype(np.int64)
+    node_thresholds = np.concatenate([[np.nan], np.asarray(thresholds, dtype=np.float64)[:-1]])  # node 0: no row
+    above = count_above(sorted_distances, *order.node_pieces, node_thresholds)
+    n_outliers = np.append(above[1:], 0).astype(np.int64)
     return pd.DataFrame(
         {
             "median_dist": median_dist,
