@@ -397,3 +397,12 @@ def test_failure_while_labels_compute_changes_nothing(backed, monkeypatch):
     assert snapshot(path) == before_files
     assert set(os.listdir(path.parent)) == before_folders  # the temporary zarr folder is gone too
     assert "a_clusters" not in backed
+
+
+def test_region_column_is_the_categorical_of_the_image_names():
+    from pixelflowsom.harpy._flowsom import _regions
+
+    images = ["zeta", "alpha", "mid", "unsampled"]
+    index = np.array([0, 2, 1, 0, 2, 2])
+    expected = pd.Categorical(np.asarray(images, dtype=object)[index])
+    pd.testing.assert_extension_array_equal(_regions(images, index), expected)

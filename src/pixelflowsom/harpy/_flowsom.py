@@ -309,7 +309,7 @@ def _flowsom(
             return _build_fsom(
                 estimator,
                 sample,
-                np.asarray(images, dtype=object)[sample.image_index],
+                _regions(images, sample.image_index),
                 trainer.model if trainer is not None else None,
                 random_state,
                 kwargs,
@@ -431,6 +431,19 @@ def _labels_on_disk(sdata) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
 
 
+def _regions(images, image_index) -> pd.Categorical:
+    """Return the image name of every sample row: ``pd.Categorical(names[image_index])``, built from the codes.
+
+    As that call would: the categories are the names of the images with sampled pixels, sorted.
+    """
+    present = np.flatnonzero(np.bincount(image_index, minlength=len(images)))
+    names = np.asarray(images, dtype=object)[present]
+    order = np.argsort(names)
+    code = np.empty(len(images), dtype=np.int64)
+    code[present[order]] = np.arange(len(present))
+    return pd.Categorical.from_codes(code[image_index], categories=pd.Index(names[order], dtype=object))
+
+
 def _build_fsom(estimator, sample, regions, trained_model, random_state, kwargs, metacluster_options, keys):
     """Build the call's ``flowsom.FlowSOM``: the sample, its labels, the model; then harpy's final touches."""
     from flowsom.models import FlowSOMEstimator
@@ -459,7 +472,7 @@ def _build_fsom(estimator, sample, regions, trained_model, random_state, kwargs,
             **params,
             **metacluster_options,
         )
-    obs = pd.DataFrame({instance_key: np.arange(len(values)), region_key: pd.Categorical(regions)})
+    obs = pd.DataFrame({instance_key: np.arange(len(values)), region_key: regions})
     fsom = build_flowsom(
         values,
         var_names=[str(c) for c in estimator.channels_],
