@@ -62,6 +62,24 @@ class SOMModel:
         return self.codes.shape[1]
 
 
+@numba.njit(cache=True, nogil=True)
+def _sqdist64(xt, i, codes64, j, squares):
+    """Squared Euclidean distance of pixel ``xt[:, i]`` to code ``codes64[j]``, in float64, summed in channel order.
+
+    Rounded as a plain loop of products and sums (as scipy's ``cdist``), also inside :func:`_nearest_kernel`, whose
+    ``contract`` flag numba passes on to the functions it calls: the squares go through the scratch array
+    ``squares`` (``p`` values) before they are summed, so that no product is fused with the sum into a multiply-add.
+    """
+    p = xt.shape[0]
+    for c in range(p):
+        diff = np.float64(xt[c, i]) - codes64[j, c]
+        squares[c] = diff * diff
+    d = 0.0
+    for c in range(p):
+        d += squares[c]
+    return d
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
     """Assign every pixel (column of ``xt``) to its nearest code. Assumes validated input.
@@ -120,6 +138,7 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
     second = np.empty(_BLOCK, np.float32)
     bidx = np.empty(_BLOCK, np.int32)
     xnorm = np.empty(_BLOCK, np.float32)
+    squares = np.empty(p)
     for i0 in range(0, n, _BLOCK):
         m = min(_BLOCK, n - i0)
         # The float32 copy of the sub-block and the squared norms of its pixels, in float32 (only the error bound
@@ -195,10 +214,7 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
                 for j in range(k):
                     if 2.0 * (np.float64(best[i]) - np.float64(scores[j, i])) > tolerance:
                         continue
-                    d = 0.0
-                    for c in range(p):
-                        diff = np.float64(xt[c, i0 + i]) - codes64[j, c]
-                        d += diff * diff
+                    d = _sqdist64(xt, i0 + i, codes64, j, squares)
                     if d < exact_dist:
                         exact_dist = d
                         node = j
@@ -208,12 +224,7 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
                 for c in range(p):
                     sums[node, c] += buf[c, i]
             if want_dist:
-                if exact_dist < 0:
-                    exact_dist = 0.0
-                    for c in range(p):
-                        diff = np.float64(xt[c, i0 + i]) - codes64[node, c]
-                        exact_dist += diff * diff
-                sqdist[i0 + i] = exact_dist
+                sqdist[i0 + i] = exact_dist if exact_dist >= 0 else _sqdist64(xt, i0 + i, codes64, node, squares)
 
 
 def _n_threads(n_threads):
