@@ -96,3 +96,17 @@ def test_label_table_dask_is_lazy_and_equal(column):
         1: model.node_metacluster[nodes],
     }[column]
     np.testing.assert_array_equal(eager, expected)
+
+
+def test_distances_round_as_a_plain_float64_loop():
+    # The kernel's float32 part may fuse multiply-adds; its float64 distances must not: each square rounded, then
+    # summed in channel order (what scipy's cdist does), bit for bit.
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(2000, 7)) * 10 ** rng.uniform(-3, 3, size=(2000, 1))
+    codes = rng.normal(size=(9, 7))
+    labels, distances = nearest_nodes(X, codes, return_distances=True)
+    expected = np.zeros(len(X))
+    for c in range(X.shape[1]):
+        diff = X[:, c] - codes[labels, c]
+        expected = expected + diff * diff
+    np.testing.assert_array_equal(distances, np.sqrt(expected))
