@@ -66,6 +66,22 @@ def test_channel_first_layout_and_threads_agree():
     np.testing.assert_array_equal(nearest_nodes_channel_first(np.ascontiguousarray(X.T), codes), one)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_image_blocks_are_read_in_place_in_row_major_order(n_threads):
+    rng = np.random.default_rng(4)
+    image = rng.random((5, 90, 70)).astype(np.float32)
+    image[2, 10, 20] = np.nan
+    codes = rng.random((11, 5))
+    block = image[:, 7:80, 3:61]  # a strided view, as a numpy-backed image's dask blocks are
+    expected, dist = nearest_nodes(np.ascontiguousarray(block.reshape(5, -1).T), codes, return_distances=True)
+    labels, got = nearest_nodes_channel_first(block, codes, n_threads=n_threads, return_distances=True)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(got, dist)
+    assert labels.reshape(block.shape[1:])[10 - 7, 20 - 3] == -1
+    _, sums, counts = nearest_nodes_channel_first(block, codes, n_threads=n_threads, exact=False, return_sums=True)
+    assert counts.sum() == block[0].size - 1
+
+
 def test_model_payload_is_immutable_and_pickles():
     model = SOMModel(np.arange(6.0).reshape(3, 2), np.array([0, 1, 1]))
     with pytest.raises(ValueError, match="read-only"):

@@ -81,7 +81,7 @@ def _sqdist64(xt, i, codes64, j, squares):
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
-def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
+def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
     """Assign every pixel (column of ``xt``) to its nearest code. Assumes validated input.
 
     For each sub-block of ``_BLOCK`` pixels: copy it to float32, compute the ``(n_nodes, _BLOCK)`` score tile
@@ -94,14 +94,16 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
 
     Parameters
     ----------
-    xt
-        ``(p, n)`` pixels, channel-first, any real dtype and memory layout.
+    pixels
+        ``(p, n_rows, n_cols)`` pixels, channel-first, any real dtype and memory layout: an image block ``(c, y, x)``
+        read in place, or a table ``(p, n)`` as ``(p, 1, n)``. Pixel ``(r, i)`` is output ``r * n_cols + i``.
     codes64
         ``(n_nodes, p)`` float64 codes, C-contiguous.
     labels
-        ``(n,)`` int output: index of the nearest code, or -1 where a value of the pixel is not finite.
+        ``(n_rows * n_cols,)`` int output: index of the nearest code, or -1 where a value of the pixel is not finite.
     sqdist
-        ``(n,)`` float64 output (or an empty array to skip it): exact squared distance to the nearest code.
+        ``(n_rows * n_cols,)`` float64 output (or an empty array to skip it): exact squared distance to the nearest
+        code.
     exact
         Recompute near-ties in float64 so that labels equal the float64 argmin. Without it the float32 winner is
         kept: fine for training, where early codes are close together and near-ties are everywhere.
@@ -110,13 +112,13 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
         of the (float32-rounded) finite pixels assigned to each node are added to them, while the pixels are in
         cache (the batch SOM's per-epoch statistics).
     """
-    p, n = xt.shape
+    p, n_rows, n_cols = pixels.shape
     k = codes64.shape[0]
     kp = -(-k // 4) * 4
     pp = -(-p // 4) * 4
     want_dist = sqdist.shape[0] > 0
     want_sums = counts.shape[0] > 0
-    pixel_major = xt.strides[1] > xt.strides[0]
+    pixel_major = pixels.strides[2] > pixels.strides[0]
     codes = np.zeros((kp, pp), np.float32)
     half_norm = np.full(kp, -np.inf, np.float32)
     cmax = 0.0
@@ -139,92 +141,97 @@ def _nearest_kernel(xt, codes64, labels, sqdist, exact, sums, counts):
     bidx = np.empty(_BLOCK, np.int32)
     xnorm = np.empty(_BLOCK, np.float32)
     squares = np.empty(p)
-    for i0 in range(0, n, _BLOCK):
-        m = min(_BLOCK, n - i0)
-        # The float32 copy of the sub-block and the squared norms of its pixels, in float32 (only the error bound
-        # and the finiteness test read them; a norm that overflows is recomputed in float64 below).
-        if pixel_major:
-            # A transposed row-major table: read each pixel's channels contiguously.
-            for i in range(m):
-                acc = np.float32(0.0)
-                for c in range(p):
-                    v = np.float32(xt[c, i0 + i])
-                    buf[c, i] = v
-                    acc += v * v
-                xnorm[i] = acc
-        else:
-            for i in range(m):
-                xnorm[i] = 0.0
-            for c in range(p):
+    for r in range(n_rows):
+        xt = pixels[:, r, :]
+        row = r * n_cols
+        for i0 in range(0, n_cols, _BLOCK):
+            m = min(_BLOCK, n_cols - i0)
+            # The float32 copy of the sub-block and the squared norms of its pixels, in float32 (only the error bound
+            # and the finiteness test read them; a norm that overflows is recomputed in float64 below).
+            if pixel_major:
+                # A transposed row-major table: read each pixel's channels contiguously.
                 for i in range(m):
-                    v = np.float32(xt[c, i0 + i])
-                    buf[c, i] = v
-                    xnorm[i] += v * v
-        for j in range(0, kp, 4):
-            h0, h1, h2, h3 = half_norm[j], half_norm[j + 1], half_norm[j + 2], half_norm[j + 3]
-            for i in range(m):
-                scores[j, i] = h0
-                scores[j + 1, i] = h1
-                scores[j + 2, i] = h2
-                scores[j + 3, i] = h3
-            for c in range(0, pp, 4):
-                a0, a1, a2, a3 = codes[j, c], codes[j, c + 1], codes[j, c + 2], codes[j, c + 3]
-                b0, b1, b2, b3 = codes[j + 1, c], codes[j + 1, c + 1], codes[j + 1, c + 2], codes[j + 1, c + 3]
-                d0, d1, d2, d3 = codes[j + 2, c], codes[j + 2, c + 1], codes[j + 2, c + 2], codes[j + 2, c + 3]
-                e0, e1, e2, e3 = codes[j + 3, c], codes[j + 3, c + 1], codes[j + 3, c + 2], codes[j + 3, c + 3]
+                    acc = np.float32(0.0)
+                    for c in range(p):
+                        v = np.float32(xt[c, i0 + i])
+                        buf[c, i] = v
+                        acc += v * v
+                    xnorm[i] = acc
+            else:
                 for i in range(m):
-                    x0, x1, x2, x3 = buf[c, i], buf[c + 1, i], buf[c + 2, i], buf[c + 3, i]
-                    scores[j, i] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
-                    scores[j + 1, i] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
-                    scores[j + 2, i] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
-                    scores[j + 3, i] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
-        for i in range(m):
-            best[i] = -np.inf
-            second[i] = -np.inf
-            bidx[i] = 0
-        for j in range(0, kp, 4):
-            for i in range(m):
-                b, s2, bi = best[i], second[i], bidx[i]
-                for t in range(4):
-                    s = scores[j + t, i]
-                    s2 = max(s2, min(s, b))
-                    bi = np.int32(j + t) if s > b else bi
-                    b = max(b, s)
-                best[i], second[i], bidx[i] = b, s2, bi
-        for i in range(m):
-            xn = np.float64(xnorm[i])
-            if not np.isfinite(xn):
-                xn = 0.0
+                    xnorm[i] = 0.0
                 for c in range(p):
-                    v = np.float64(xt[c, i0 + i])
-                    xn += v * v
-            if not np.isfinite(xn):
-                labels[i0 + i] = -1
+                    for i in range(m):
+                        v = np.float32(xt[c, i0 + i])
+                        buf[c, i] = v
+                        xnorm[i] += v * v
+            for j in range(0, kp, 4):
+                h0, h1, h2, h3 = half_norm[j], half_norm[j + 1], half_norm[j + 2], half_norm[j + 3]
+                for i in range(m):
+                    scores[j, i] = h0
+                    scores[j + 1, i] = h1
+                    scores[j + 2, i] = h2
+                    scores[j + 3, i] = h3
+                for c in range(0, pp, 4):
+                    a0, a1, a2, a3 = codes[j, c], codes[j, c + 1], codes[j, c + 2], codes[j, c + 3]
+                    b0, b1, b2, b3 = codes[j + 1, c], codes[j + 1, c + 1], codes[j + 1, c + 2], codes[j + 1, c + 3]
+                    d0, d1, d2, d3 = codes[j + 2, c], codes[j + 2, c + 1], codes[j + 2, c + 2], codes[j + 2, c + 3]
+                    e0, e1, e2, e3 = codes[j + 3, c], codes[j + 3, c + 1], codes[j + 3, c + 2], codes[j + 3, c + 3]
+                    for i in range(m):
+                        x0, x1, x2, x3 = buf[c, i], buf[c + 1, i], buf[c + 2, i], buf[c + 3, i]
+                        scores[j, i] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                        scores[j + 1, i] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                        scores[j + 2, i] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                        scores[j + 3, i] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+            for i in range(m):
+                best[i] = -np.inf
+                second[i] = -np.inf
+                bidx[i] = 0
+            for j in range(0, kp, 4):
+                for i in range(m):
+                    b, s2, bi = best[i], second[i], bidx[i]
+                    for t in range(4):
+                        s = scores[j + t, i]
+                        s2 = max(s2, min(s, b))
+                        bi = np.int32(j + t) if s > b else bi
+                        b = max(b, s)
+                    best[i], second[i], bidx[i] = b, s2, bi
+            for i in range(m):
+                xn = np.float64(xnorm[i])
+                if not np.isfinite(xn):
+                    xn = 0.0
+                    for c in range(p):
+                        v = np.float64(xt[c, i0 + i])
+                        xn += v * v
+                if not np.isfinite(xn):
+                    labels[row + i0 + i] = -1
+                    if want_dist:
+                        sqdist[row + i0 + i] = np.nan
+                    continue
+                node = bidx[i]
+                scale = np.sqrt(xn) + cmax
+                exact_dist = -1.0
+                tolerance = rel * scale * scale
+                if exact and not (2.0 * (np.float64(best[i]) - np.float64(second[i])) > tolerance):
+                    # Too close to call in float32: the exact float64 argmin, lowest index on ties, among the nodes
+                    # whose float32 score is close enough to the best to be the true winner.
+                    exact_dist = np.inf
+                    for j in range(k):
+                        if 2.0 * (np.float64(best[i]) - np.float64(scores[j, i])) > tolerance:
+                            continue
+                        d = _sqdist64(xt, i0 + i, codes64, j, squares)
+                        if d < exact_dist:
+                            exact_dist = d
+                            node = j
+                labels[row + i0 + i] = node
+                if want_sums:
+                    counts[node] += 1.0
+                    for c in range(p):
+                        sums[node, c] += buf[c, i]
                 if want_dist:
-                    sqdist[i0 + i] = np.nan
-                continue
-            node = bidx[i]
-            scale = np.sqrt(xn) + cmax
-            exact_dist = -1.0
-            tolerance = rel * scale * scale
-            if exact and not (2.0 * (np.float64(best[i]) - np.float64(second[i])) > tolerance):
-                # Too close to call in float32: the exact float64 argmin, lowest index on ties, among the nodes whose
-                # float32 score is close enough to the best to be the true winner.
-                exact_dist = np.inf
-                for j in range(k):
-                    if 2.0 * (np.float64(best[i]) - np.float64(scores[j, i])) > tolerance:
-                        continue
-                    d = _sqdist64(xt, i0 + i, codes64, j, squares)
-                    if d < exact_dist:
-                        exact_dist = d
-                        node = j
-            labels[i0 + i] = node
-            if want_sums:
-                counts[node] += 1.0
-                for c in range(p):
-                    sums[node, c] += buf[c, i]
-            if want_dist:
-                sqdist[i0 + i] = exact_dist if exact_dist >= 0 else _sqdist64(xt, i0 + i, codes64, node, squares)
+                    sqdist[row + i0 + i] = (
+                        exact_dist if exact_dist >= 0 else _sqdist64(xt, i0 + i, codes64, node, squares)
+                    )
 
 
 def _n_threads(n_threads):
@@ -234,27 +241,35 @@ def _n_threads(n_threads):
 
 
 def nearest_nodes_channel_first(xt, codes, *, return_distances=False, n_threads=None, exact=True, return_sums=False):
-    """Nearest code of every column of ``xt`` (pixels channel-first); see :func:`nearest_nodes`.
+    """Nearest code of every pixel of ``xt`` (pixels channel-first); see :func:`nearest_nodes`.
 
-    With ``return_sums``, also return the ``(n_nodes, p)`` sum and the ``(n_nodes,)`` count of the pixels assigned to
-    every node (after the distances, if those are asked for).
+    ``xt`` is ``(p, n)``, or ``(p, rows, cols)`` (an image block, read in place whatever its strides; the labels are
+    then in row-major order). With ``return_sums``, also return the ``(n_nodes, p)`` sum and the ``(n_nodes,)`` count
+    of the pixels assigned to every node (after the distances, if those are asked for).
     """
-    p, n = xt.shape
+    pixels = xt[:, None, :] if xt.ndim == 2 else xt
+    p, n_rows, n_cols = pixels.shape
+    n = n_rows * n_cols
     codes = np.ascontiguousarray(codes, dtype=np.float64)
     k = codes.shape[0]
     labels = np.empty(n, dtype=np.int64)
     sqdist = np.empty(n if return_distances else 0, dtype=np.float64)
     n_threads = min(_n_threads(n_threads), max(1, n // (16 * _BLOCK)))
     n_parts = 1 if n_threads == 1 else 4 * n_threads
-    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
+    # The parts split the rows, or the columns of a single row.
+    n_parts = min(n_parts, n_rows) if n_rows > 1 else n_parts
+    bounds = np.linspace(0, n_rows if n_rows > 1 else n_cols, n_parts + 1).astype(np.int64)
     sums = np.zeros((n_parts if return_sums else 0, k, p))
     counts = np.zeros((n_parts if return_sums else 0, k))
     empty_sums, empty_counts = np.zeros((0, p)), np.zeros(0)
 
     def run(i):
         a, b = bounds[i], bounds[i + 1]
+        part = pixels[:, a:b, :] if n_rows > 1 else pixels[:, :, a:b]
+        if n_rows > 1:
+            a, b = a * n_cols, b * n_cols
         _nearest_kernel(
-            xt[:, a:b],
+            part,
             codes,
             labels[a:b],
             sqdist[a:b] if return_distances else sqdist,
@@ -373,7 +388,9 @@ def _image_block(block, model, layers, dtype):
     ``([z,] y, x)`` metacluster image (``layers="metacluster"``), 0 where a channel of the pixel is not finite.
     """
     spatial = block.shape[1:]
-    nodes = nearest_nodes_channel_first(block.reshape(block.shape[0], -1), model.codes, n_threads=1)
+    # A 2D block is read in place (a numpy-backed image's blocks are strided views); 3D blocks merge z into y.
+    pixels = block if block.ndim == 3 else block.reshape(block.shape[0], -1, block.shape[-1])
+    nodes = nearest_nodes_channel_first(pixels, model.codes, n_threads=1)
     valid = nodes >= 0
     meta = np.where(valid, model.node_metacluster[nodes] + 1, 0).astype(dtype, copy=False)
     if layers == "metacluster":
