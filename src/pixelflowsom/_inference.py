@@ -82,7 +82,7 @@ def _sqdist64(xt, i, codes64, j, squares):
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
-    """Assign every pixel (column of ``xt``) to its nearest code. Assumes validated input.
+    """Assign every pixel of ``pixels`` to its nearest code. Assumes validated input.
 
     For each sub-block of ``_BLOCK`` pixels: copy it to float32, compute the ``(n_nodes, _BLOCK)`` score tile
     ``c.x - |c|^2 / 2`` and reduce it to the best and second-best score per pixel and the best node. The tile is a
@@ -132,7 +132,7 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
     # Squared distance = |x|^2 - 2 * score. Bound on the float32 error of 2 * score (rounding of x and c to float32,
     # the accumulation of the p products, at most ceil(p / 4) + 4 roundings deep, and the norm term):
     # (p + 4) u (|x| + |c|)^2, with a safety factor of 2 for each of the two scores compared.
-    rel = 4.0 * (p + 4) * 5.960464477539063e-08
+    rel = 4.0 * (p + 4) * _U32
 
     buf = np.zeros((pp, _BLOCK), np.float32)  # rows p..pp stay 0
     scores = np.empty((kp, _BLOCK), np.float32)

@@ -24,13 +24,14 @@ several threads are safe; the wrappers run them on disjoint slices of the output
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numba
 import numpy as np
+
+from pixelflowsom._inference import _n_threads
 
 __all__ = ["GroupStats", "RowOrder", "count_above", "gather_columns", "group_stats", "sort_rows"]
 
@@ -40,12 +41,6 @@ _SUM_BLOCK = 128
 _SAMPLE_MIN = 1024
 #: Dtypes the kernels read directly; others are converted to float64 first.
 _NATIVE = frozenset(np.dtype(t) for t in ("f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "?"))
-
-
-def _n_threads(n_threads) -> int:
-    if n_threads is None:
-        return os.cpu_count() or 1
-    return max(1, int(n_threads))
 
 
 def _run(tasks, n_threads: int) -> None:
