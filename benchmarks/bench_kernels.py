@@ -22,7 +22,7 @@ from flowsom.models import SOMEstimator
 from sklearn.utils import check_random_state
 
 from pixelflowsom import _som
-from pixelflowsom._inference import nearest_nodes
+from pixelflowsom._nearest import nearest_nodes
 
 
 def blobs(n, p, n_centers=8, seed=0):

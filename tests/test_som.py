@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn.utils import check_random_state
 
 from pixelflowsom import _som
-from pixelflowsom._inference import nearest_nodes
+from pixelflowsom._nearest import nearest_nodes
 
 from .conftest import make_blobs
 

@@ -17,8 +17,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _images, _som
 from ._compat import HasMethods, Interval, StrOptions, _check_feature_names, _check_n_features, _fit_context
-from ._inference import SOMModel, label_image, label_table, nearest_nodes
+from ._inference import SOMModel, label_image, label_table
 from ._metacluster import default_metaclustering
+from ._nearest import nearest_nodes
 from ._sampling import sample_image, sample_indices, sample_size, take_rows
 
 _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)

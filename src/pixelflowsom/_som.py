@@ -14,7 +14,7 @@ The online SOM follows R FlowSOM's ``C_SOM`` (``FlowSOM/src/som.c``) step by ste
   test; the Python ``flowsom`` port drops it because its loop cannot be left early).
 
 The batch SOM replaces single-sample updates by epochs: every epoch assigns all samples to their nearest node with
-the GEMM-shaped kernel of :mod:`pixelflowsom._inference`, then sets each code to the mean of the samples won by the
+the GEMM-shaped kernel of :mod:`pixelflowsom._nearest`, then sets each code to the mean of the samples won by the
 nodes in its grid neighbourhood (Kohonen's batch map with FlowSOM's bubble neighbourhood and radius schedule).
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse.csgraph import minimum_spanning_tree, shortest_path
 from scipy.spatial.distance import cdist, pdist, squareform
 
-from ._inference import nearest_nodes_channel_first
+from ._nearest import nearest_nodes_channel_first
 
 #: Samples gathered at a time by the online SOM (a 2,048 x p float64 buffer stays in L2 cache).
 _GATHER = 2048

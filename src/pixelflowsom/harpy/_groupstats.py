@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from pixelflowsom._inference import _n_threads
+from pixelflowsom._nearest import thread_count
 
 __all__ = ["GroupStats", "RowOrder", "count_above", "gather_columns", "group_stats", "sort_rows"]
 
@@ -275,7 +275,7 @@ def gather_columns(X, perm, *, n_threads=None) -> np.ndarray:
     perm = np.ascontiguousarray(perm, dtype=np.int64)
     m = len(perm)
     out = np.empty((X.shape[1], m), dtype=np.float64)
-    n_threads = min(_n_threads(n_threads), max(1, m // 32768))
+    n_threads = min(thread_count(n_threads), max(1, m // 32768))
     n_parts = 1 if n_threads == 1 else 4 * n_threads
     bounds = np.linspace(0, m, n_parts + 1).astype(np.int64)
 
@@ -644,7 +644,7 @@ def group_stats(
     wanted = {"median": median, "mad": mad, "mean": spread, "sd": spread, "maximum": maximum}
     out = {key: np.empty((p, n_groups if want else 0)) for key, want in wanted.items()}
     count = np.empty((p, n_groups), dtype=np.int64)
-    n_threads = _n_threads(n_threads)
+    n_threads = thread_count(n_threads)
     piece_bounds = np.concatenate([[0], np.cumsum(stops - starts)])
     sizes = piece_bounds[ptr[1:]] - piece_bounds[ptr[:-1]]
     chunks = _group_chunks(sizes, -(-4 * n_threads // max(p, 1)) if n_threads > 1 else 1)

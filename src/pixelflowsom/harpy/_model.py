@@ -13,7 +13,7 @@ from flowsom.models import BaseClusterEstimator, FlowSOMEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from pixelflowsom._estimator import PixelFlowSOM
-from pixelflowsom._inference import nearest_nodes
+from pixelflowsom._nearest import nearest_nodes
 
 
 class PixelSOMEstimator(BaseClusterEstimator):
