@@ -12,16 +12,31 @@ from spatialdata.models import Image2DModel
 from pixelflowsom._cli import main
 from pixelflowsom._synthetic import make_synthetic_image
 
+from .conftest import image_reference
 
-def write_store(path, seeds=(0,), channels=6, size=80):
+
+def write_store(path, seeds=(0,), channels=6, size=80, order=None):
+    """A store of synthetic images ``img0``, ...; ``order`` stores their channels in another order."""
     images = {}
     for i, seed in enumerate(seeds):
         image, _ = make_synthetic_image((size, size), n_channels=channels, n_phenotypes=4, seed=seed)
+        image = image.copy()
+        image.values[:, :2, :3] = np.nan  # background pixels
+        if order is not None:
+            image = image.isel(c=order)
         images[f"img{i}"] = Image2DModel.parse(
             image.values, dims=("c", "y", "x"), c_coords=list(image.c.values), chunks={"c": channels, "y": 40, "x": 40}
         )
     sd.SpatialData(images=images).write(path)
     return path
+
+
+def assert_labels_right(store, image, clusters, metaclusters, model):
+    """The written labels equal the float64 nearest node of the saved model's codes on image.sel(c=channels)."""
+    sdata = sd.read_zarr(store)
+    expected = image_reference(sdata.images[image], model.codes_, model.node_metacluster_, model.channels_)
+    np.testing.assert_array_equal(sdata.labels[clusters].values, expected[0])
+    np.testing.assert_array_equal(sdata.labels[metaclusters].values, expected[1])
 
 
 def snapshot(path):
@@ -53,31 +68,55 @@ def test_demo(tmp_path, capsys):
 
 
 def test_cluster_then_apply(store, tmp_path, capsys):
-    model = tmp_path / "model.joblib"
+    import joblib
+
+    model_path = tmp_path / "model.joblib"
     argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "4", "--xdim", "5"]
-    assert main([*argv, "--ydim", "5", "--fraction", "0.3", "--save-model", str(model), "--quiet"]) == 0
+    assert main([*argv, "--ydim", "5", "--fraction", "0.3", "--save-model", str(model_path), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "img0: SOM nodes -> 'img0_som_clusters', metaclusters -> 'img0_metaclusters'" in text
-    sdata = sd.read_zarr(store)
-    assert {"img0_som_clusters", "img0_metaclusters", "img1_som_clusters", "img1_metaclusters"} <= set(sdata.labels)
+    model = joblib.load(model_path)
+    for image in ("img0", "img1"):
+        assert_labels_right(store, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
     pictures = tmp_path / "sample_pictures"
-    assert (pictures / "img1_metaclusters.png").stat().st_size > 1000
-    assert model.stat().st_size > 0
+    for name in ("img1_metaclusters.png", "phenotype_heatmap.png", "som_grid.png"):
+        assert (pictures / name).stat().st_size > 1000
 
     other = write_store(tmp_path / "other.zarr", seeds=(0,))
-    assert main(["apply", str(other), "--image", "img0", "--model", str(model), "--metacluster-labels", "meta"]) == 0
-    applied = sd.read_zarr(other)
-    np.testing.assert_array_equal(applied["meta"].values, sdata["img0_metaclusters"].values)
-    np.testing.assert_array_equal(applied["img0_som_clusters"].values, sdata["img0_som_clusters"].values)
+    assert (
+        main(["apply", str(other), "--image", "img0", "--model", str(model_path), "--metacluster-labels", "meta"]) == 0
+    )
+    assert_labels_right(other, "img0", "img0_som_clusters", "meta", model)
 
 
-def test_cluster_channels_chunks_processes(store, capsys):
+def test_cluster_channel_subset_then_apply_to_reordered_channels(store, tmp_path):
+    import joblib
+
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--channels", "marker_04", "marker_01", "marker_03"]
+    argv += ["--n-clusters", "3", "--save-model", str(model_path), "--quiet"]
+    assert main(argv) == 0
+    model = joblib.load(model_path)
+    assert model.channels_ == ["marker_04", "marker_01", "marker_03"]
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
+    # A store whose image lists its channels in another order: apply selects them by name.
+    reordered = write_store(tmp_path / "reordered.zarr", seeds=(0, 1), order=[5, 3, 1, 0, 4, 2])
+    argv = ["apply", str(reordered), "--image", "img0", "--image", "img1", "--model", str(model_path), "--quiet"]
+    assert main(argv) == 0
+    for image in ("img0", "img1"):
+        assert_labels_right(reordered, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
+
+
+def test_cluster_channels_chunks_processes(store, tmp_path):
+    import joblib
+
+    model_path = tmp_path / "model.joblib"
     argv = ["cluster", str(store), "--image", "img0", "--channels", "marker_01", "marker_03", "marker_05"]
     argv += ["--n-clusters", "3", "--chunks", "6,32,48", "--scheduler", "processes", "--quiet"]
-    assert main(argv) == 0
+    assert main([*argv, "--save-model", str(model_path)]) == 0
     labels = sd.read_zarr(store)["img0_metaclusters"]
     assert labels.data.chunks == ((32, 32, 16), (48, 32))
-    assert set(np.unique(labels.values)) <= {0, 1, 2, 3}
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", joblib.load(model_path))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["cluster", "--help"], ["apply", "--help"]])
@@ -89,16 +128,16 @@ def test_help(argv, capsys):
 
 
 CLUSTER_ERRORS = [
-    (["--image", "nope"], r"Image element(s) ['nope'] not found in sdata; available images: ['img0', 'img1']"),
+    (["--image", "nope"], "image(s) ['nope'] not found in"),
     (["--image", "img0", "--channels", "CD3"], "['CD3'] not found in image 'img0'; available channels"),
     (["--image", "img0", "--fraction", "0"], "--fraction 0.0 must be in (0, 1]"),
     (["--image", "img0", "--n-clusters", "500"], "n_clusters=500 is larger than the number of SOM nodes"),
-    (["--image", "img0", "--chunks", "40,40"], "chunks=(40, 40) has 2 sizes; these images need 3: (c, y, x)"),
+    (["--image", "img0", "--chunks", "40,40"], "--chunks 40,40 has 2 sizes; these images need 3: c,y,x"),
     (["--image", "img0", "--chunks", "big"], "--chunks 'big' must be 'auto', an int, or comma-separated ints"),
     (["--image", "img0", "--cluster-labels", "a", "b"], "--cluster-labels got 2 name(s) for 1 image(s)"),
     (["--image", "img0", "--metacluster-labels", "img1"], "Output name 'img1' is already the name of a images"),
     (["--image", "img0", "--save-model", "/nonexistent/m.joblib"], "--save-model: folder '/nonexistent' does not"),
-    (["--image", "img0", "--xdim", "0"], "xdim=0 must be a positive integer"),
+    (["--image", "img0", "--xdim", "0"], "The 'xdim' parameter of PixelFlowSOM must be an int in the range [1, inf)"),
 ]
 
 
@@ -184,3 +223,94 @@ def test_console_entry_point_module():
     result = subprocess.run([sys.executable, "-m", "pixelflowsom", "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("pixelflowsom ")
+
+
+def test_apply_needs_nothing_of_the_training_store(tmp_path):
+    """A saved model is the model: apply works where the training store is not (another machine)."""
+    import shutil
+
+    import joblib
+
+    training = write_store(tmp_path / "training.zarr", seeds=(2,))
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(training), "--image", "img0", "--n-clusters", "3", "--save-model", str(model_path)]
+    assert main([*argv, "--quiet"]) == 0
+    assert str(training).encode() not in model_path.read_bytes()
+    shutil.rmtree(training)
+    other = write_store(tmp_path / "other.zarr", seeds=(0,), order=[1, 0, 2, 3, 4, 5])
+    assert main(["apply", str(other), "--image", "img0", "--model", str(model_path), "--quiet"]) == 0
+    assert_labels_right(other, "img0", "img0_som_clusters", "img0_metaclusters", joblib.load(model_path))
+
+
+def test_cluster_auto_n_clusters(store, tmp_path, capsys):
+    import joblib
+
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "auto", "--max-clusters", "10"]
+    assert main([*argv, "--fraction", "0.5", "--save-model", str(model_path), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    model = joblib.load(model_path)
+    assert model.n_clusters_ == 4  # the four phenotypes of the synthetic images
+    assert "4 metaclusters (chosen from the data)" in text
+    assert (tmp_path / "sample_pictures" / "n_clusters.png").stat().st_size > 1000
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
+    with pytest.raises(SystemExit) as exc:
+        main(["cluster", str(store), "--image", "img1", "--n-clusters", "many"])
+    assert exc.value.code == 2
+    assert "argument --n-clusters: invalid value: 'many' (an integer or 'auto')" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Object at zarr.*partial is not recognized")
+def test_cluster_overwrite_killed_at_any_step_loses_nothing(tmp_path):
+    """`cluster --overwrite` killed before every change of the store: the earlier labels are whole, or the new ones."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from pixelflowsom._store import remove_leftovers
+
+    pristine = write_store(tmp_path / "pristine.zarr", seeds=(0, 1))
+    old_args = ["--image", "img0", "--image", "img1", "--n-clusters", "3", "--xdim", "4", "--ydim", "4"]
+    assert main(["cluster", str(pristine), *old_args, "--quiet", "--pictures", str(tmp_path / "p")]) == 0
+    names = ["img0_som_clusters", "img0_metaclusters", "img1_som_clusters", "img1_metaclusters"]
+    before = sd.read_zarr(pristine)
+    old = {name: before.labels[name].values for name in names}
+    # The new labels: another grid (uint16 SOM ids) and other chunks, so stale metadata would show.
+    new_args = ["--image", "img0", "--image", "img1", "--n-clusters", "4", "--xdim", "16", "--ydim", "17"]
+    new_args += ["--chunks", "6,32,32", "--overwrite", "--pictures", str(tmp_path / "pictures")]
+    work = tmp_path / "work"
+    work.mkdir()
+    child = Path(__file__).with_name("cli_crash_child.py")
+    run = subprocess.run(
+        [sys.executable, str(child), str(pristine), str(work), *new_args], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    codes = json.loads((work / "result.json").read_text())["codes"]
+    assert codes.pop("complete") == 0, run.stderr
+    assert len(codes) >= 4  # at least one swap per element
+    assert set(codes.values()) == {1}, run.stderr  # killed there, every time
+    complete = sd.read_zarr(work / "complete.zarr")
+    new = {name: complete.labels[name].values for name in names}
+    assert new["img0_som_clusters"].dtype == np.uint16
+    images = sorted(p.relative_to(pristine) for p in (pristine / "images").rglob("*") if p.is_file())
+    seen = set()
+    for point in sorted(codes, key=lambda name: int(name.split("-")[1])):
+        store = work / f"{point}.zarr"
+        remove_leftovers(store)  # what the next call does first
+        sdata = sd.read_zarr(store)
+        states = []
+        for name in names:
+            values = sdata.labels[name].values
+            if values.dtype == old[name].dtype and np.array_equal(values, old[name]):
+                states.append("old")
+            else:
+                np.testing.assert_array_equal(values, new[name], err_msg=f"{point}: {name} is neither old nor new")
+                assert values.dtype == np.uint16
+                states.append("new")
+        seen.add(tuple(states))
+        for path in images:  # nothing else changed
+            assert (store / path).read_bytes() == (pristine / path).read_bytes()
+        shutil.rmtree(store)
+    assert ("old",) * 4 in seen
+    assert ("new",) * 4 in seen or len(seen) > 1  # killed before, between and after the swaps

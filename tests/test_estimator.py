@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pixelflowsom import ConsensusClustering, PixelFlowSOM
 
-from .conftest import make_blobs
+from .conftest import make_blobs, nearest_reference
 
 
 @parametrize_with_checks(
@@ -22,6 +22,7 @@ from .conftest import make_blobs
         PixelFlowSOM(),
         PixelFlowSOM(n_clusters=2, xdim=3, ydim=3),
         PixelFlowSOM(n_clusters=3, xdim=4, ydim=4, som="batch", mst=2),
+        PixelFlowSOM(n_clusters="auto", xdim=3, ydim=3, max_clusters=5),
         ConsensusClustering(n_resamples=10),
     ]
 )
@@ -50,19 +51,18 @@ def test_recovers_separated_clusters(blobs, som, mst):
     assert 1 <= model.n_iter_ <= 10 * mst
 
 
-def test_predict_transform_agree(blobs):
+def test_labels_equal_float64_nearest_node(blobs):
     X, _ = blobs
     model = small_model().fit(X)
+    nodes = nearest_reference(X, model.codes_)  # independent: float64 brute force from the returned codes
+    metas = model.node_metacluster_[nodes]
     out = model.transform(X)
     assert out.shape == (len(X), 2)
     assert out.dtype == np.int64
-    np.testing.assert_array_equal(out[:, 1], model.node_metacluster_[out[:, 0]])
-    np.testing.assert_array_equal(out[:, 1], model.predict(X))
-    np.testing.assert_array_equal(model.labels_, model.predict(X))
-    np.testing.assert_array_equal(model.fit_predict(X), model.labels_)
-    # Nodes are the float64 nearest codes.
-    d = ((X[:, None, :] - model.codes_[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(out[:, 0], d.argmin(1))
+    np.testing.assert_array_equal(out, np.column_stack([nodes, metas]))
+    np.testing.assert_array_equal(model.predict(X), metas)
+    np.testing.assert_array_equal(model.labels_, metas)
+    np.testing.assert_array_equal(clone(model).fit_predict(X), metas)
 
 
 def test_reproducible_and_seeded(blobs):
@@ -103,21 +103,28 @@ def test_pandas_feature_names_and_set_output(blobs):
         model.get_feature_names_out(["a"] * X.shape[1])
 
 
-def test_dask_arrays_lazy_and_equal_to_numpy(blobs):
+def test_dask_arrays_lazy_and_equal_to_reference(blobs):
     X, _ = blobs
     dX = da.from_array(X, chunks=(97, 2))
     eager = small_model().fit(X)
     lazy = small_model().fit(dX)
     np.testing.assert_array_equal(lazy.codes_, eager.codes_)  # the sample does not depend on chunks
-    assert isinstance(lazy.labels_, da.Array)
+    nodes = nearest_reference(X, lazy.codes_)
+    metas = lazy.node_metacluster_[nodes]
     pred = lazy.predict(dX)
     assert isinstance(pred, da.Array)
     assert pred.chunks == (dX.chunks[0],)
-    np.testing.assert_array_equal(pred.compute(), eager.predict(X))
+    np.testing.assert_array_equal(pred.compute(), metas)
     out = lazy.transform(dX)
     assert out.chunks == (dX.chunks[0], (2,))
-    np.testing.assert_array_equal(out.compute(scheduler="threads"), eager.transform(X))
-    np.testing.assert_array_equal(lazy.labels_.compute(), eager.labels_)
+    np.testing.assert_array_equal(out.compute(scheduler="threads"), np.column_stack([nodes, metas]))
+    # labels_ covers the training rows only: the model holds no graph over X.
+    assert isinstance(lazy.labels_, np.ndarray)
+    assert len(lazy.sample_indices_) == lazy.n_samples_fit_ == int(0.5 * len(X))
+    np.testing.assert_array_equal(lazy.labels_, metas[lazy.sample_indices_])
+    fitted = small_model().fit_predict(dX)
+    assert isinstance(fitted, da.Array)
+    np.testing.assert_array_equal(fitted.compute(), metas)
 
 
 def test_dask_fit_reads_only_sampled_chunks():
@@ -131,8 +138,7 @@ def test_dask_fit_reads_only_sampled_chunks():
     dX = da.from_array(X, chunks=(100, 3)).map_blocks(record, dtype=X.dtype)
     with dask.config.set(scheduler="synchronous"):
         model = PixelFlowSOM(n_clusters=2, xdim=2, ydim=2, fraction=0.001, random_state=0).fit(dX)
-        n_read_by_fit = len(read) - 0
-        # fit also builds labels_ lazily: nothing more is read until it is computed.
+        n_read_by_fit = len(read)
     assert model.n_samples_fit_ == 20
     assert n_read_by_fit <= 20 < dX.numblocks[0]
 
@@ -211,6 +217,10 @@ def test_warns_when_fewer_samples_than_nodes():
         ({"mst": 0}, ValueError, "'mst' parameter"),
         ({"n_clusters": 0}, ValueError, "'n_clusters' parameter"),
         ({"n_clusters": 26}, ValueError, r"n_clusters=26 is larger than the number of SOM nodes xdim \* ydim = 5 \* 5"),
+        ({"n_clusters": "many"}, ValueError, "'n_clusters' parameter"),
+        ({"n_clusters": "auto", "max_clusters": 30}, ValueError, "max_clusters=30 is larger than the number of SOM"),
+        ({"n_clusters": "auto", "max_clusters": 1}, ValueError, "'max_clusters' parameter"),
+        ({"n_clusters": "auto", "xdim": 1, "ydim": 1}, ValueError, 'n_clusters="auto" needs a SOM of at least 2'),
         ({"alpha": (0.05,)}, ValueError, r"alpha=\(0.05,\) must be two positive numbers"),
         ({"alpha": (0.05, -1)}, ValueError, "alpha=.* must be two positive numbers"),
         ({"alpha": "fast"}, ValueError, "'alpha' parameter of PixelFlowSOM must be an array-like"),
@@ -251,3 +261,45 @@ def test_predict_checks_features(blobs):
         model.predict(X[:, :4])
     with pytest.raises(ValueError, match="X has 4 features, but PixelFlowSOM is expecting 5 features"):
         model.transform(da.from_array(X[:, :4]))
+
+
+def test_som_estimator_trains_the_som(blobs):
+    from flowsom.models import SOMEstimator
+
+    X, _ = blobs
+    template = SOMEstimator(xdim=2, ydim=2, rlen=3, seed=11)
+    model = small_model(som=template, fraction=1.0).fit(X)
+    assert template.xdim == 2  # cloned, not modified
+    # flowsom's own SOM with the estimator's grid and schedule, on the same rows, gives the same codes.
+    reference = SOMEstimator(xdim=5, ydim=5, rlen=10, mst=1, alpha=(0.05, 0.01), seed=11).fit(X)
+    np.testing.assert_allclose(model.codes_, reference.codes, rtol=1e-12)
+    nodes = nearest_reference(X, model.codes_)
+    np.testing.assert_array_equal(model.transform(X), np.column_stack([nodes, model.node_metacluster_[nodes]]))
+    assert not hasattr(model, "som_")  # only the codes are kept
+
+
+def test_som_estimator_without_codes_of_the_grid(blobs):
+    from sklearn.cluster import KMeans
+
+    X, _ = blobs
+    with pytest.raises(ValueError, match=r"must leave finite codes of shape \(xdim \* ydim, n_features\) = \(25, 5\)"):
+        small_model(som=KMeans(n_clusters=25, n_init=1)).fit(X)
+
+
+def test_auto_n_clusters(blobs):
+    X, y = blobs
+    model = small_model(n_clusters="auto", max_clusters=10).fit(X)
+    assert model.n_clusters_ == 4  # four well separated blobs
+    choice = model.n_clusters_choice_
+    assert choice.n_clusters == 4
+    assert choice.method == "elbow"
+    assert list(choice.criterion.index) == list(range(1, 11))
+    np.testing.assert_array_equal(choice.labels, model.node_metacluster_)
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+    fixed = small_model().fit(X)
+    assert fixed.n_clusters_ == 4
+    assert fixed.n_clusters_choice_ is None
+    consensus = small_model(n_clusters="auto", metaclustering=ConsensusClustering(n_resamples=20)).fit(X)
+    assert consensus.n_clusters_ == 4
+    assert consensus.n_clusters_choice_.method == "delta_area"
+    np.testing.assert_array_equal(consensus.n_clusters_choice_.labels, consensus.node_metacluster_)

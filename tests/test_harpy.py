@@ -17,6 +17,8 @@ from spatialdata.transformations import Identity, Scale, get_transformation
 import pixelflowsom.harpy as hp
 from pixelflowsom._synthetic import make_synthetic_image
 
+from .conftest import image_reference
+
 CHANNELS = [f"marker_{i:02d}" for i in range(6)]
 
 
@@ -67,6 +69,29 @@ def nan_mask(element):
     return np.isnan(np.asarray(element.values)).any(axis=0)
 
 
+def level0(element):
+    """The full-resolution array of a labels or image element (a DataArray, or a multiscale DataTree)."""
+    if isinstance(element, xr.DataTree):
+        return next(iter(element["scale0"].ds.data_vars.values()))
+    return element
+
+
+def assert_labels_right(sdata, fsom, mapping, image, clusters, metaclusters, channels=None):
+    """The written labels equal an expectation the adapter did not produce.
+
+    SOM labels: the float64 brute-force nearest node (1-based, lowest on ties) of every pixel of
+    ``image.sel(c=channels)`` among the returned ``fsom.model.codes``; metaclusters: the returned ``mapping`` of those.
+    """
+    codes = np.asarray(fsom.model.codes)
+    node_metacluster = mapping.loc[np.arange(1, len(codes) + 1)].to_numpy() - 1
+    expected = image_reference(level0(sdata.images[image]), codes, node_metacluster, channels)
+    for layer, name in enumerate((clusters, metaclusters)):
+        written = level0(sdata.labels[name])
+        assert written.dtype == np.uint8 if len(codes) < 256 else np.uint16
+        np.testing.assert_array_equal(written.values, expected[layer], err_msg=name)
+    return expected
+
+
 def snapshot(path):
     """Every file under a store with its size and modification time: a failed call must leave it as it was."""
     return {
@@ -87,14 +112,12 @@ def test_labels_written_with_contract_properties(sdata):
         assert labels.dtype == np.uint8
         assert labels.data.compute().dtype == np.uint8  # declared dtype == computed dtype
         assert get_transformation(labels, get_all=True) == get_transformation(sdata.images["a"], get_all=True)
-    nodes, metas = clusters.values, metaclusters.values
+    nodes, metas = assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters")
     nan = nan_mask(sdata.images["a"])
     assert (nodes[nan] == 0).all()
     assert (metas[nan] == 0).all()
     assert nodes[~nan].min() >= 1
-    assert nodes.max() <= 25
-    assert set(np.unique(metas[~nan])) <= {1, 2, 3, 4}
-    np.testing.assert_array_equal(metas[~nan], mapping.loc[nodes[~nan]].to_numpy())
+    assert set(np.unique(metas[~nan])) == {1, 2, 3, 4}
 
 
 def test_mapping_shape(sdata):
@@ -110,7 +133,11 @@ def test_mapping_shape(sdata):
 
 
 def test_several_images_with_chunks_tuple_and_uint16(sdata):
-    run(sdata, ["a", "other"], ["ca", "co"], ["ma", "mo"], chunks=(6, 32, 48), xdim=16, ydim=16, n_clusters=5)
+    _, fsom, mapping = run(
+        sdata, ["a", "other"], ["ca", "co"], ["ma", "mo"], chunks=(6, 32, 48), xdim=16, ydim=16, n_clusters=5
+    )
+    assert_labels_right(sdata, fsom, mapping, "a", "ca", "ma")
+    assert_labels_right(sdata, fsom, mapping, "other", "co", "mo")
     for name, shape in (("ca", (90, 110)), ("co", (30, 40)), ("ma", (90, 110)), ("mo", (30, 40))):
         labels = sdata.labels[name]
         assert labels.shape == shape
@@ -120,39 +147,61 @@ def test_several_images_with_chunks_tuple_and_uint16(sdata):
         assert labels.values.dtype == np.uint16
 
 
-def test_channels_by_name_int_and_default(sdata):
+@pytest.mark.parametrize(
+    "channels", [["marker_04", "marker_01"], ["marker_05", "marker_00", "marker_03", "marker_02"], "marker_03"]
+)
+def test_channel_subsets_and_orders(sdata, channels):
+    _, fsom, mapping = run(sdata, channels=channels)
+    wanted = [channels] if isinstance(channels, str) else channels
+    assert list(fsom.get_cell_data().var_names) == wanted
+    assert fsom.model.codes.shape == (25, len(wanted))
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters", wanted)
+
+
+def test_default_channels_are_all_of_the_first_image(sdata):
+    _, fsom, mapping = run(sdata)
+    assert list(fsom.get_cell_data().var_names) == CHANNELS
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters", CHANNELS)
+
+
+def test_int_channel_coordinates(sdata):
+    int_sdata = sd.SpatialData(
+        images={
+            "a": Image2DModel.parse(sdata.images["a"].values, dims=("c", "y", "x"), c_coords=[10, 11, 12, 13, 14, 15])
+        }
+    )
+    _, fsom_int, mapping = run(int_sdata, channels=[14, 11])
+    assert list(fsom_int.get_cell_data().var_names) == ["14", "11"]
+    assert_labels_right(int_sdata, fsom_int, mapping, "a", "a_clusters", "a_metaclusters", [14, 11])
     _, fsom, _ = run(sdata, channels=["marker_04", "marker_01"])
-    assert list(fsom.get_cell_data().var_names) == ["marker_04", "marker_01"]
-    _, fsom_default, _ = run(sdata, clusters="c2", metaclusters="m2")
-    assert list(fsom_default.get_cell_data().var_names) == CHANNELS
-    int_sdata = sd.SpatialData(images={"a": Image2DModel.parse(sdata.images["a"].values, dims=("c", "y", "x"))})
-    _, fsom_int, _ = run(int_sdata, channels=[4, 1])
-    assert list(fsom_int.get_cell_data().var_names) == ["4", "1"]
-    np.testing.assert_array_equal(fsom_int.model.codes, fsom.model.codes)
+    np.testing.assert_array_equal(fsom_int.model.codes, fsom.model.codes)  # ints select by label, not position
 
 
-def test_scale_factors_make_multiscale_labels(sdata):
-    run(sdata, scale_factors=[2, 2])
-    labels = sdata.labels["a_metaclusters"]
-    assert isinstance(labels, xr.DataTree)
-    assert sorted(labels.children) == ["scale0", "scale1", "scale2"]
-    assert labels["scale0"]["image"].shape == (90, 110)
-    assert labels["scale1"]["image"].shape == (45, 55)
-    assert labels["scale0"]["image"].dtype == np.uint8
+def test_images_storing_channels_in_different_orders(sdata):
+    reordered = sdata.images["b"].isel(c=[3, 5, 0, 2, 1, 4])
+    sdata.images["b_reordered"] = Image2DModel.parse(
+        reordered.data, dims=("c", "y", "x"), c_coords=list(reordered.c.values)
+    )
+    channels = ["marker_02", "marker_05", "marker_01"]
+    _, fsom, mapping = run(sdata, ["a", "b_reordered"], ["ca", "cb"], ["ma", "mb"], channels=channels)
+    assert_labels_right(sdata, fsom, mapping, "a", "ca", "ma", channels)
+    assert_labels_right(sdata, fsom, mapping, "b_reordered", "cb", "mb", channels)
+    cells = fsom.get_cell_data()
+    rows = (cells.obs["fov_labels"] == "b_reordered").to_numpy()
+    y, x = cells.obsm["spatial"][rows].T
+    np.testing.assert_array_equal(cells.X[rows], sdata.images["b"].sel(c=channels).values[:, y, x].T)
 
 
-def test_3d_images():
-    sdata = sd.SpatialData(images={"vol": image_element((4, 30, 40), chunks={"c": 6, "z": 2, "y": 20, "x": 20})})
-    _, fsom, mapping = hp.im.flowsom(sdata, "vol", "vc", "vm", n_clusters=3, xdim=4, ydim=4, fraction=0.5)
-    assert sdata.labels["vc"].dims == ("z", "y", "x")
-    assert sdata.labels["vm"].shape == (4, 30, 40)
-    assert fsom.get_cell_data().obsm["spatial"].shape[1] == 3
-    nodes, metas = sdata.labels["vc"].values, sdata.labels["vm"].values
-    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+def test_uint16_image(sdata):
+    values = np.nan_to_num(sdata.images["a"].values * 1000).astype(np.uint16)
+    ints = sd.SpatialData(images={"a": Image2DModel.parse(values, dims=("c", "y", "x"), c_coords=CHANNELS)})
+    _, fsom, mapping = run(ints, channels=["marker_03", "marker_00"])
+    assert_labels_right(ints, fsom, mapping, "a", "a_clusters", "a_metaclusters", ["marker_03", "marker_00"])
 
 
 def test_reproducible_whatever_the_chunking(sdata):
-    run(sdata)
+    _, fsom, mapping = run(sdata)
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters")
     rechunked = sd.SpatialData(images={"a": image_element(seed=0, chunks={"c": 1, "y": 13, "x": 110})})
     run(rechunked, chunks=(6, 29, 31))
     np.testing.assert_array_equal(rechunked["a_clusters"].values, sdata["a_clusters"].values)
@@ -256,10 +305,11 @@ def test_flowsom_model_class_matches_real_flowsom(sdata):
 
 
 def test_batch_model_class(sdata):
-    _, fsom, mapping = run(sdata, model=flowsom.models.BatchFlowSOMEstimator)
+    channels = ["marker_05", "marker_01", "marker_03"]
+    _, fsom, mapping = run(sdata, model=flowsom.models.BatchFlowSOMEstimator, channels=channels)
     assert isinstance(fsom.model, flowsom.models.BatchFlowSOMEstimator)
-    nodes, metas = sdata["a_clusters"].values, sdata["a_metaclusters"].values
-    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+    assert isinstance(fsom.model.cluster_model, flowsom.models.batch.BatchSOMEstimator)
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters", channels)
 
 
 def test_metacluster_options_are_flowsoms(sdata):
@@ -274,14 +324,24 @@ def test_metacluster_options_are_flowsoms(sdata):
 def test_backed_written_read_back_lazily_nothing_left(backed, persist_intermediate):
     path = Path(backed.path)
     before = set(os.listdir(path.parent))
-    run(backed, persist_intermediate=persist_intermediate, write_intermediate=not persist_intermediate)
+    channels = ["marker_01", "marker_04", "marker_00"]
+    _, fsom, mapping = run(
+        backed,
+        ["a", "b"],
+        ["ca", "cb"],
+        ["ma", "mb"],
+        channels=channels,
+        persist_intermediate=persist_intermediate,
+        write_intermediate=not persist_intermediate,
+    )
     assert set(os.listdir(path.parent)) == before  # no temporary folder left
-    assert sorted(p.name for p in (path / "labels").iterdir() if p.is_dir()) == ["a_clusters", "a_metaclusters"]
-    element = backed.labels["a_metaclusters"]
+    assert sorted(p.name for p in (path / "labels").iterdir() if p.is_dir()) == ["ca", "cb", "ma", "mb"]
+    element = backed.labels["ma"]
     assert isinstance(element.data, da.Array)
-    reread = sd.read_zarr(path)
-    np.testing.assert_array_equal(reread["a_metaclusters"].values, element.values)
     assert element.dtype == np.uint8
+    for target in (backed, sd.read_zarr(path)):  # the elements read back lazily, and the store read anew
+        assert_labels_right(target, fsom, mapping, "a", "ca", "ma", channels)
+        assert_labels_right(target, fsom, mapping, "b", "cb", "mb", channels)
 
 
 def test_backed_equals_in_memory(backed, sdata):
@@ -310,18 +370,20 @@ def test_overwrite(sdata, backed, use_backed):
         assert set(np.unique(sd.read_zarr(target.path)["a_metaclusters"].values)) <= {0, 1, 2, 3}
 
 
-def test_client_gives_identical_results(sdata):
+def test_client_gives_right_and_identical_results(sdata):
     distributed = pytest.importorskip("distributed")
-    run(sdata)
+    channels = ["marker_03", "marker_05"]
+    run(sdata, channels=channels)
     expected = sdata["a_clusters"].values
     other = make_sdata()
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
     ):
-        _, fsom, _ = run(other, client=client)
-        result = other["a_clusters"].values
-    np.testing.assert_array_equal(result, expected)
+        _, fsom, mapping = run(other, client=client, channels=channels)
+        # In memory, the labels are persisted on the cluster: read them while it runs.
+        assert_labels_right(other, fsom, mapping, "a", "a_clusters", "a_metaclusters", channels)
+        np.testing.assert_array_equal(other["a_clusters"].values, expected)
 
 
 # ----------------------------------------------------------------------------- errors, before any work
@@ -375,10 +437,9 @@ def test_mixed_dimensionality_and_all_nan_errors(sdata):
 
 @pytest.mark.parametrize("som", ["online", "batch"])
 def test_som_algorithm_option(sdata, som):
-    _, fsom, mapping = run(sdata, som=som)
+    _, fsom, mapping = run(sdata, som=som, channels=["marker_02", "marker_00"])
     assert fsom.model.cluster_model.som == som
-    nodes, metas = sdata["a_clusters"].values, sdata["a_metaclusters"].values
-    np.testing.assert_array_equal(metas[nodes > 0], mapping.loc[nodes[nodes > 0]].to_numpy())
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters", ["marker_02", "marker_00"])
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['som'\]"):
         run(sdata, som=som, model=flowsom.models.FlowSOMEstimator, clusters="x", metaclusters="y")
 
@@ -389,7 +450,7 @@ def test_failure_while_labels_compute_changes_nothing(backed, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(adapter, "_build_fsom", broken)
+    monkeypatch.setattr(adapter, "build_flowsom", broken)
     path = Path(backed.path)
     before_files, before_folders = snapshot(path), set(os.listdir(path.parent))
     with pytest.raises(RuntimeError, match="boom"):
@@ -406,3 +467,20 @@ def test_region_column_is_the_categorical_of_the_image_names():
     index = np.array([0, 2, 1, 0, 2, 2])
     expected = pd.Categorical(np.asarray(images, dtype=object)[index])
     pd.testing.assert_extension_array_equal(_regions(images, index), expected)
+
+
+@pytest.mark.parametrize("not_sdata", [{"a": 1}, None, "store.zarr"])
+def test_sdata_must_be_spatialdata(not_sdata):
+    with pytest.raises(TypeError, match="sdata must be a spatialdata.SpatialData object, got"):
+        hp.im.flowsom(not_sdata, "a", "c", "m")
+
+
+def test_auto_n_clusters(sdata):
+    _, fsom, mapping = run(sdata, n_clusters="auto", max_clusters=10)
+    k = fsom.get_cell_data().uns["n_metaclusters"]
+    assert k == 4  # the four phenotypes of the synthetic images
+    assert sorted(set(mapping)) == list(range(1, k + 1))
+    assert fsom.model.metacluster_model.n_clusters == k
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters")
+    with pytest.raises(ValueError, match="max_clusters=30 must be an integer from 2 to the number of SOM nodes"):
+        run(sdata, n_clusters="auto", max_clusters=30, clusters="x", metaclusters="y")

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import median_abs_deviation
 
-from pixelflowsom.harpy import _groupstats as gs
-from pixelflowsom.harpy._fsom import _cluster_stats
+from pixelflowsom.harpy import _flowsom_object
+from pixelflowsom.harpy import _group_statistics as gs
+from pixelflowsom.harpy._flowsom_object import _cluster_stats
 
 #: Rows per group: empty groups, groups of 1, 2 and 3 rows, and groups large enough for the sampled selection.
 SIZES = [0, 1, 2, 3, 40, 0, gs._SAMPLE_MIN + 476, 2 * gs._SAMPLE_MIN + 1, 4, 7]
@@ -76,11 +77,20 @@ def test_table_has_the_edge_cases():
     assert np.isnan(X[labels == ALL_NAN_GROUP, 1]).all()
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_sort_rows(shared):
+@pytest.mark.parametrize(
+    ("shared", "n_nodes", "n_metas"),
+    [
+        (True, len(SIZES), 3),
+        (False, len(SIZES), 3),
+        (False, 400, 3),  # more than 256 (metacluster, node) pairs: 16-bit sort keys
+        (False, 300, 500),  # more possible pairs than are counted: the pairs are sorted instead
+    ],
+)
+def test_sort_rows(shared, n_nodes, n_metas):
     rng = np.random.default_rng(1)
     _, nodes = _table()
-    n_nodes, n_metas = len(SIZES), 3
+    if n_nodes > len(SIZES):
+        nodes = rng.integers(0, n_nodes, len(nodes))
     if shared:  # every node in one metacluster
         metas = rng.integers(0, n_metas, n_nodes)[nodes]
     else:
@@ -105,13 +115,16 @@ def test_sort_rows(shared):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16, np.bool_])
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_gather_columns(dtype, order):
+@pytest.mark.parametrize("channels", [None, slice(1, 4), [4, 0]])
+def test_gather_columns(dtype, order, channels, monkeypatch):
+    monkeypatch.setattr(gs, "_GATHER_ROWS", 1000)  # several row blocks for the C layout
     X, _ = _table(dtype=dtype, order=order)
     perm = np.random.default_rng(2).permutation(len(X))[: len(X) // 2]
-    got = gs.gather_columns(X, perm, n_threads=3)
+    got = gs.gather_columns(X, perm, channels)
     assert got.dtype == np.float64
     assert got.flags.c_contiguous
-    np.testing.assert_array_equal(got, X[perm].T.astype(np.float64))
+    expected = X[perm] if channels is None else X[perm][:, channels]
+    np.testing.assert_array_equal(got, expected.T.astype(np.float64))
 
 
 def test_gather_columns_converts_other_dtypes():
@@ -191,10 +204,13 @@ def test_count_above():
     np.testing.assert_array_equal(got, [3, 0, 0])  # 5, 2, 3 above 1.5; no value in group 1; NaN threshold
 
 
+@pytest.mark.parametrize("channels_per_block", [None, 2])
 @pytest.mark.parametrize("metaclustering", ["shared", "mixed", "sparse"])
-def test_cluster_stats_of_any_metaclustering(metaclustering):
+def test_cluster_stats_of_any_metaclustering(metaclustering, channels_per_block, monkeypatch):
     """``build_flowsom``'s statistics when ``metaclustering`` is not ``node_metacluster[clustering]``."""
     X, nodes = _table(dtype=np.float32)
+    if channels_per_block is not None:  # the channels copied and reduced a few at a time
+        monkeypatch.setattr(_flowsom_object, "_BLOCK_BYTES", 8 * len(X) * channels_per_block)
     rng = np.random.default_rng(5)
     metas = {
         "shared": rng.integers(0, 3, len(SIZES))[nodes],

@@ -3,14 +3,17 @@
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
 
-from pixelflowsom import PixelFlowSOM
+from pixelflowsom import PixelFlowSOM, PixelSample, sample_pixels
 from pixelflowsom._sampling import sample_image
 from pixelflowsom._synthetic import make_synthetic_image
+
+from .conftest import image_reference, nearest_reference
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,7 @@ def test_fit_predict_transform_image(image2d):
     np.testing.assert_array_equal(m.feature_names_in_, [f"marker_{i:02d}" for i in range(6)])
     assert m.n_features_in_ == 6
     assert m.channels_ == list(image.c.values)
+    expected = image_reference(image, m.codes_, m.node_metacluster_)
     labels = m.predict(image)
     assert isinstance(labels, xr.DataArray)
     assert isinstance(labels.data, da.Array)
@@ -41,6 +45,7 @@ def test_fit_predict_transform_image(image2d):
     assert labels.dtype == np.uint8
     values = labels.values
     assert values.dtype == np.uint8  # declared dtype == computed dtype
+    np.testing.assert_array_equal(values, expected[1])
     nan = np.isnan(image.values).any(axis=0)
     assert (values[nan] == 0).all()
     assert set(np.unique(values[~nan])) == {1, 2, 3, 4}
@@ -48,15 +53,14 @@ def test_fit_predict_transform_image(image2d):
     stack = m.transform(image)
     assert stack.dims == ("label", "y", "x")
     assert list(stack.coords["label"].values) == ["som_node", "metacluster"]
-    nodes, metas = stack.values
-    assert nodes.max() <= 25
-    assert (nodes[nan] == 0).all()
-    np.testing.assert_array_equal(metas, values)
-    np.testing.assert_array_equal(metas[~nan], m.node_metacluster_[nodes[~nan] - 1] + 1)
-    # The same pixels through the tabular path (0-based there).
-    table = image.values.reshape(6, -1).T[~nan.ravel()]
-    np.testing.assert_array_equal(m.transform(table)[:, 0] + 1, nodes[~nan])
-    np.testing.assert_array_equal(m.labels_.values, values)
+    np.testing.assert_array_equal(stack.values, expected)
+    # labels_: the 0-based metaclusters of the sampled pixels, in the order of sample_coords_.
+    (coords,) = m.sample_coords_
+    np.testing.assert_array_equal(m.labels_, expected[1][coords[:, 0], coords[:, 1]] - 1)
+    # fit_predict returns the lazy label image.
+    fitted = model().fit_predict(image)
+    assert isinstance(fitted.data, da.Array)
+    np.testing.assert_array_equal(fitted.values, expected[1])
 
 
 def test_sample_size_and_nan_dropping(image2d):
@@ -82,7 +86,7 @@ def test_chunking_does_not_change_sample_model_or_labels(image2d, chunks):
     m = model().fit(chunked)
     np.testing.assert_array_equal(m.sample_coords_[0], reference.sample_coords_[0])
     np.testing.assert_array_equal(m.codes_, reference.codes_)
-    np.testing.assert_array_equal(m.predict(chunked).values, reference.predict(image).values)
+    np.testing.assert_array_equal(m.predict(chunked).values, image_reference(image, m.codes_, m.node_metacluster_)[1])
 
 
 def test_sampling_reads_each_chunk_once_and_only_chunks_with_samples():
@@ -108,7 +112,7 @@ def test_output_chunks_parameter(image2d):
     out = m.transform(image)
     assert out.data.chunks == ((2,), (40, 40, 40), (50, 50, 50))
     assert model(chunks=64).fit(image).predict(image).data.chunks == ((64, 56), (64, 64, 22))
-    np.testing.assert_array_equal(out.values, model().fit(image).transform(image).values)
+    np.testing.assert_array_equal(out.values, image_reference(image, m.codes_, m.node_metacluster_))
 
 
 def test_single_map_blocks_layer_and_one_payload_key(image2d):
@@ -121,21 +125,79 @@ def test_single_map_blocks_layer_and_one_payload_key(image2d):
     assert len(payload_keys) == 1
 
 
-def test_channels_by_name_and_int_labels(image2d):
+def test_fit_builds_no_label_graph_and_holds_no_image(image2d):
+    image, _ = image2d
+    m = model().fit(image.chunk({"y": 40}))
+    for name, value in vars(m).items():
+        for item in value if isinstance(value, list) else [value]:
+            assert not isinstance(item, xr.DataArray | xr.DataTree | da.Array), name
+
+
+@pytest.mark.parametrize(
+    "channels", [["marker_03", "marker_01"], ["marker_05", "marker_00", "marker_02"], "marker_02", ["marker_04"]]
+)
+def test_channel_subsets_and_orders_equal_reference(image2d, channels):
     image, truth = image2d
-    by_name = model(channels=["marker_03", "marker_01"]).fit(image)
-    np.testing.assert_array_equal(by_name.feature_names_in_, ["marker_03", "marker_01"])
-    assert by_name.codes_.shape == (25, 2)
-    # Ints select by coordinate label, as sel(c=...) does, not by position.
+    m = model(channels=channels).fit(image)
+    wanted = [channels] if isinstance(channels, str) else channels
+    np.testing.assert_array_equal(m.feature_names_in_, wanted)
+    assert m.codes_.shape == (25, len(wanted))
+    expected = image_reference(image, m.codes_, m.node_metacluster_, channels=wanted)
+    np.testing.assert_array_equal(m.transform(image).values, expected)
+    # Later images are matched by channel label, whatever their channel order.
+    shuffled = image.isel(c=[5, 2, 4, 0, 3, 1]).chunk({"y": 50})
+    np.testing.assert_array_equal(m.transform(shuffled).values, expected)
+    np.testing.assert_array_equal(m.predict([image, shuffled])[1].values, expected[1])
+
+
+def test_int_channel_labels_select_by_label_not_position(image2d):
+    image, _ = image2d
     int_image = image.assign_coords(c=[10, 11, 12, 13, 14, 15])
     by_int = model(channels=[13, 11]).fit(int_image)
-    np.testing.assert_array_equal(by_int.codes_, by_name.codes_)
     np.testing.assert_array_equal(by_int.feature_names_in_, ["13", "11"])
-    single = model(channels="marker_02").fit(image)
-    assert single.n_features_in_ == 1
-    # Later images are matched by channel name, whatever their channel order.
-    shuffled = image.isel(c=[5, 4, 3, 2, 1, 0])
-    np.testing.assert_array_equal(by_name.predict(shuffled).values, by_name.predict(image).values)
+    by_name = model(channels=["marker_03", "marker_01"]).fit(image)
+    np.testing.assert_array_equal(by_int.codes_, by_name.codes_)
+    expected = image_reference(int_image, by_int.codes_, by_int.node_metacluster_, channels=[13, 11])
+    np.testing.assert_array_equal(by_int.transform(int_image).values, expected)
+    np.testing.assert_array_equal(by_int.transform(int_image.isel(c=[3, 1, 0, 2, 4, 5])).values, expected)
+
+
+def test_images_with_channels_in_different_orders(image2d):
+    image, _ = image2d
+    other, _ = make_synthetic_image((60, 80), n_channels=6, n_phenotypes=4, seed=1)
+    other = other.isel(c=[3, 0, 5, 1, 4, 2])  # the same channels, stored in another order
+    channels = ["marker_02", "marker_05", "marker_00"]
+    m = model(channels=channels).fit([image, other])
+    for im, out in zip([image, other], m.transform([image, other]), strict=True):
+        np.testing.assert_array_equal(out.values, image_reference(im, m.codes_, m.node_metacluster_, channels))
+    # The sampled values of the second image are its own pixels in the selected channels.
+    sample = sample_pixels([image, other], 0.25, channels=channels, random_state=0)
+    rows = sample.image_index == 1
+    y, x = sample.coords[rows].T
+    np.testing.assert_array_equal(sample.values[rows], other.sel(c=channels).values[:, y, x].T)
+
+
+def test_pixel_sample_fit_equals_image_fit(image2d):
+    image, _ = image2d
+    other, _ = make_synthetic_image((60, 80), n_channels=6, n_phenotypes=4, seed=1)
+    channels = ["marker_04", "marker_01", "marker_02"]
+    direct = model(channels=channels).fit([image, other])
+    sample = sample_pixels([image, other], 0.25, channels=channels, random_state=0)
+    assert isinstance(sample, PixelSample)
+    assert sample.channels == channels
+    via_sample = model(channels=channels).fit(sample)
+    np.testing.assert_array_equal(via_sample.codes_, direct.codes_)
+    np.testing.assert_array_equal(via_sample.node_metacluster_, direct.node_metacluster_)
+    for a, b in zip(via_sample.sample_coords_, direct.sample_coords_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # labels_ are the sample's metaclusters; predict/transform on the sample label its rows (0-based).
+    nodes = nearest_reference(sample.values, direct.codes_)
+    np.testing.assert_array_equal(direct.labels_, direct.node_metacluster_[nodes])
+    np.testing.assert_array_equal(direct.transform(sample), np.column_stack([nodes, direct.node_metacluster_[nodes]]))
+    with pytest.raises(ValueError, match="The PixelSample holds channels"):
+        model(channels=["marker_00"]).fit(sample)
+    with pytest.raises(ValueError, match="The PixelSample holds channels"):
+        model().fit(image).predict(sample)
 
 
 def test_list_of_images_one_model_different_samples(image2d):
@@ -148,16 +210,22 @@ def test_list_of_images_one_model_different_samples(image2d):
     out = m.predict([image, other])
     assert isinstance(out, list)
     assert [o.shape for o in out] == [(120, 150), (60, 80)]
+    for im, labels in zip([image, other], out, strict=True):
+        np.testing.assert_array_equal(labels.values, image_reference(im, m.codes_, m.node_metacluster_)[1])
     assert m.n_samples_fit_ == len(a) + len(b) + len(c)
 
 
 def test_3d_image():
     image, truth = make_synthetic_image((6, 40, 50), n_channels=4, n_phenotypes=3, seed=2)
-    m = model(n_clusters=3).fit(image.chunk({"z": 2, "y": 25}))
+    image = image.copy()
+    image.values[1, 2, 3, 4] = np.nan
+    m = model(n_clusters=3, channels=["marker_03", "marker_00", "marker_01"]).fit(image.chunk({"z": 2, "y": 25}))
     assert m.sample_coords_[0].shape[1] == 3
-    labels = m.predict(image)
+    expected = image_reference(image, m.codes_, m.node_metacluster_, channels=m.channels_)
+    labels = m.predict(image.chunk({"z": 4, "y": 13, "x": 50}))
     assert labels.dims == ("z", "y", "x")
-    assert m.transform(image).shape == (2, 6, 40, 50)
+    np.testing.assert_array_equal(labels.values, expected[1])
+    np.testing.assert_array_equal(m.transform(image).values, expected)
     assert adjusted_rand_score(truth.ravel(), labels.values.ravel()) > 0.95
 
 
@@ -165,11 +233,13 @@ def test_integer_image_and_datatree(image2d):
     image, _ = image2d
     ints = (image.fillna(0) * 1000).astype(np.uint16)
     m = model().fit(ints)
-    assert m.predict(ints.chunk({"y": 50})).values.min() >= 1
+    expected = image_reference(ints, m.codes_, m.node_metacluster_)
+    np.testing.assert_array_equal(m.transform(ints.chunk({"y": 50})).values, expected)
     tree = xr.DataTree.from_dict(
         {"scale0": ints.to_dataset(name="image"), "scale1": ints[:, ::2, ::2].to_dataset(name="image")}
     )
     np.testing.assert_array_equal(model().fit(tree).codes_, m.codes_)
+    np.testing.assert_array_equal(m.transform(tree).values, expected)
 
 
 def test_larger_than_255_nodes_uses_uint16(image2d):
@@ -177,28 +247,33 @@ def test_larger_than_255_nodes_uses_uint16(image2d):
     m = model(xdim=16, ydim=16, fraction=1.0).fit(image)
     assert m.transform(image).dtype == np.uint16
     assert m.predict(image).dtype == np.uint8
-    assert m.transform(image).values.dtype == np.uint16
+    stack = m.transform(image).values
+    assert stack.dtype == np.uint16
+    np.testing.assert_array_equal(stack, image_reference(image, m.codes_, m.node_metacluster_))
+    assert stack[0].max() > 255
 
 
 def test_distributed_processes(image2d):
     distributed = pytest.importorskip("distributed")
     image, _ = image2d
     chunked = image.chunk({"y": 40, "x": 50})
-    expected = model().fit(image)
+    expected = model(channels=["marker_05", "marker_01"]).fit(image)
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster),
     ):
-        m = model().fit(chunked)
+        m = model(channels=["marker_05", "marker_01"]).fit(chunked)
         labels = m.transform(chunked).compute()
     np.testing.assert_array_equal(m.codes_, expected.codes_)
-    np.testing.assert_array_equal(labels.values, expected.transform(image).values)
+    np.testing.assert_array_equal(labels.values, image_reference(image, m.codes_, m.node_metacluster_, m.channels_))
 
 
 def test_pipeline_with_images(image2d):
     image, _ = image2d
-    pipe = Pipeline([("som", model())]).fit(image)
-    np.testing.assert_array_equal(pipe.predict(image).values, model().fit(image).predict(image).values)
+    pipe = Pipeline([("som", model(channels=["marker_02", "marker_03"]))]).fit(image)
+    som = pipe.named_steps["som"]
+    expected = image_reference(image, som.codes_, som.node_metacluster_, som.channels_)
+    np.testing.assert_array_equal(pipe.predict(image).values, expected[1])
 
 
 @pytest.mark.parametrize(
@@ -230,7 +305,9 @@ def test_later_image_with_other_channels(image2d):
     table_model = model().fit(image.values.reshape(6, -1).T[~np.isnan(image.values).any(0).ravel()])
     with pytest.raises(ValueError, match="has 5 channels, but PixelFlowSOM was fitted on 6 features"):
         table_model.predict(image.isel(c=slice(0, 5)))
-    assert table_model.predict(image).shape == (120, 150)
+    # Fitted on a table without feature names: an image's channels are taken by position.
+    expected = image_reference(image, table_model.codes_, table_model.node_metacluster_)
+    np.testing.assert_array_equal(table_model.predict(image).values, expected[1])
 
 
 def test_bad_channels_parameter(image2d):
@@ -254,4 +331,28 @@ def test_preprocessing_pipeline_end_to_end(image2d):
     valid = values > 0
     assert valid.mean() > 0.8  # the preprocessing's NaN pixels (sum threshold) are background
     assert adjusted_rand_score(truth[valid], values[valid]) > 0.5  # blur + sum normalisation: 0.72 measured
+    som = pipe.named_steps["som"]
+    preprocessed = pipe.named_steps["prep"].transform(image)
+    np.testing.assert_array_equal(values, image_reference(preprocessed, som.codes_, som.node_metacluster_)[1])
     np.testing.assert_array_equal(pipe.predict(image).values, values)  # chunking does not matter
+
+
+def test_auto_n_clusters_does_not_depend_on_chunking_or_scheduler(image2d):
+    distributed = pytest.importorskip("distributed")
+    image, truth = image2d
+    reference = model(n_clusters="auto").fit(image)
+    assert reference.n_clusters_ == 4  # the four phenotypes of the image
+    for chunks in ({"y": 17, "x": 33}, {"c": 1, "y": 64}):
+        other = model(n_clusters="auto").fit(image.chunk(chunks))
+        assert other.n_clusters_ == reference.n_clusters_
+        pd.testing.assert_frame_equal(other.n_clusters_choice_.criterion, reference.n_clusters_choice_.criterion)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster),
+    ):
+        remote = model(n_clusters="auto").fit(image.chunk({"y": 40}))
+    assert remote.n_clusters_ == reference.n_clusters_
+    np.testing.assert_array_equal(remote.node_metacluster_, reference.node_metacluster_)
+    labels = reference.predict(image).values
+    assert labels.max() == 4
+    np.testing.assert_array_equal(labels, image_reference(image, reference.codes_, reference.node_metacluster_)[1])

@@ -4,7 +4,10 @@ The public surface:
 
 * :class:`PixelFlowSOM`, the scikit-learn estimator;
 * :class:`ConsensusClustering`, R FlowSOM's consensus metaclustering as an estimator;
+* :func:`choose_n_clusters` and :class:`NClustersChoice`, the number of metaclusters chosen from the SOM codes;
 * :class:`PixelPreprocessor`, ``harpy.im.pixel_clustering_preprocess`` as a lazy scikit-learn transformer;
+* :func:`sample_pixels` and :class:`PixelSample`, the training sample of images, which ``fit`` also accepts;
+* :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom version is loaded;
 * :mod:`pixelflowsom.pl`, pictures of the results (imported on first use: it needs matplotlib);
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
 """
@@ -12,15 +15,28 @@ The public surface:
 from importlib.metadata import PackageNotFoundError, version
 
 from ._estimator import PixelFlowSOM
-from ._metacluster import ConsensusClustering
+from ._metacluster import ConsensusClustering, NClustersChoice, choose_n_clusters
+from ._persistence import InconsistentVersionWarning
 from ._preprocessing import PixelPreprocessor
+from ._sampling import PixelSample, sample_pixels
 
 try:
     __version__ = version("pixelflowsom")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
     __version__ = "0.0.0"
 
-__all__ = ["ConsensusClustering", "PixelFlowSOM", "PixelPreprocessor", "__version__", "pl"]
+__all__ = [
+    "ConsensusClustering",
+    "InconsistentVersionWarning",
+    "NClustersChoice",
+    "PixelFlowSOM",
+    "PixelPreprocessor",
+    "PixelSample",
+    "__version__",
+    "choose_n_clusters",
+    "pl",
+    "sample_pixels",
+]
 
 
 def __getattr__(name):

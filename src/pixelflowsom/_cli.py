@@ -8,6 +8,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+#: The SOM algorithm of ``cluster`` and ``demo`` (the drop-in's default: see benchmarks/bench_real.py).
+DEFAULT_SOM = "batch"
 #: Errors that mean "the arguments, the store, an image or a channel are wrong": exit code 2, one line.
 _USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 
@@ -55,6 +57,16 @@ def _parse_chunks(text):
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def _n_clusters(text):
+    """``--n-clusters``: a positive int or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (an integer or 'auto')") from None
+
+
 def _parse_channels(values):
     """Channel names from the command line; all-digit names become ints (channel coordinates that are ints)."""
     if not values:
@@ -63,8 +75,17 @@ def _parse_channels(values):
 
 
 @contextmanager
-def _scheduler(spec: str, progress: bool):
-    """Run dask work with the chosen scheduler; a progress bar on the local schedulers."""
+def _computing(args):
+    """Run the dask work of a command on its ``--scheduler`` (a ``Client`` for an address), with a progress bar."""
+    from ._store import scheduler
+
+    with _progress(args.scheduler, progress=not args.quiet) as client, scheduler(client):
+        yield
+
+
+@contextmanager
+def _progress(spec: str, progress: bool):
+    """Run dask work with the chosen scheduler (yields a ``Client`` for an address); a progress bar locally."""
     import dask
 
     if spec in ("threads", "processes", "synchronous"):
@@ -84,11 +105,60 @@ def _scheduler(spec: str, progress: bool):
             yield client
 
 
-def _save_pictures(folder: Path, sdata, metacluster_names, fsom) -> list[Path]:
+def _image_elements(sdata, images, store: Path) -> list:
+    """Return the full-resolution arrays of the image elements ``images``, named after them (for messages)."""
+    from ._images import full_resolution
+
+    missing = [name for name in images if name not in sdata.images]
+    if missing:
+        raise _UsageError(f"image(s) {missing} not found in {str(store)!r}; available images: {list(sdata.images)}")
+    return [full_resolution(sdata.images[name]).rename(name) for name in images]
+
+
+def _spatial_chunks(text, ndim):
+    """``--chunks`` (with the channel size, like harpy's ``chunks``) as PixelFlowSOM's spatial chunks."""
+    chunks = _parse_chunks(text)
+    if not isinstance(chunks, tuple):
+        return chunks
+    if len(chunks) != ndim:
+        axes = "c,y,x" if ndim == 3 else "c,z,y,x"
+        raise _UsageError(f"--chunks {text} has {len(chunks)} sizes; these images need {ndim}: {axes}")
+    return chunks[1:]  # the channel axis is always one chunk
+
+
+def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
+    """Label ``arrays`` with the fitted ``model``, write both labels elements of every image into the store.
+
+    Returns the names of the metacluster labels elements.
+    """
+    from ._store import write_label_stacks
+
+    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
+    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    stacks = model.transform(arrays)  # checks every image's channels before anything is computed
+    t0 = time.perf_counter()
+    write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
+    print(f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
+    for image, c, m in zip(images, clusters, metaclusters, strict=True):
+        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
+    return metaclusters
+
+
+def _check_outputs(args, sdata, images):
+    from ._store import check_output_names
+
+    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
+    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    check_output_names(sdata, images, clusters, metaclusters, args.overwrite)
+
+
+def _save_pictures(folder: Path, sdata, metacluster_names, model, sample=None) -> list[Path]:
+    """Save the metacluster images and, with the training sample, its phenotype heatmap and the SOM grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from . import pl
 
@@ -98,15 +168,50 @@ def _save_pictures(folder: Path, sdata, metacluster_names, fsom) -> list[Path]:
         path = folder / f"{name}.png"
         plt.close(pl.metacluster_image(sdata.labels[name], title=name, save=path))
         written.append(path)
-    if fsom is not None:
-        for picture, draw in (("phenotype_heatmap", pl.phenotype_heatmap_from_fsom), ("som_grid", pl.som_grid)):
-            path = folder / f"{picture}.png"
-            plt.close(draw(fsom, save=path))
-            written.append(path)
+    sizes = None
+    if sample is not None:
+        nodes, metas = model.transform(sample).T
+        sizes = np.bincount(nodes, minlength=model.codes_.shape[0])
+        path = folder / "phenotype_heatmap.png"
+        channels = [str(c) for c in model.channels_]
+        plt.close(pl.phenotype_heatmap(sample.values, metas, channels, one_based=False, save=path))
+        written.append(path)
+    path = folder / "som_grid.png"
+    plt.close(pl.som_grid(model, sizes=sizes, save=path))
+    written.append(path)
+    if getattr(model, "n_clusters_choice_", None) is not None:
+        path = folder / "n_clusters.png"
+        plt.close(pl.n_clusters_criterion(model.n_clusters_choice_, save=path))
+        written.append(path)
     return written
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def _train(args, sdata, store, images):
+    """Fit a PixelFlowSOM on the images of the store as ``cluster`` asks; returns the model, sample and arrays.
+
+    Runs on the current dask scheduler (see :func:`_computing`).
+    """
+    from . import PixelFlowSOM
+
+    arrays = _image_elements(sdata, images, store)
+    _check_outputs(args, sdata, images)
+    model = PixelFlowSOM(
+        n_clusters=args.n_clusters,
+        max_clusters=args.max_clusters,
+        xdim=args.xdim,
+        ydim=args.ydim,
+        fraction=args.fraction,
+        som=args.som,
+        channels=_parse_channels(args.channels),
+        chunks=_spatial_chunks(args.chunks, arrays[0].ndim),
+        random_state=args.seed,
+    )
+    sample = model.training_sample(arrays)  # checks parameters, images and channels before reading a pixel
+    model.fit(sample)
+    return model, sample, arrays
 
 
 def _demo(args) -> int:
@@ -116,7 +221,6 @@ def _demo(args) -> int:
     from spatialdata.models import Image2DModel
 
     from ._synthetic import make_synthetic_image
-    from .harpy._flowsom import _flowsom
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -134,19 +238,29 @@ def _demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sd.SpatialData(images={"tissue": element}).write(store, overwrite=True)
     sdata = sd.read_zarr(store)
-    with _scheduler("threads", progress=False):
-        sdata, fsom, mapping, model = _flowsom(
-            sdata,
-            "tissue",
-            "tissue_som_clusters",
-            "tissue_metaclusters",
-            fraction=args.fraction,
-            n_clusters=args.phenotypes,
-            random_state=args.seed,
-        )
+    # What `pixelflowsom cluster STORE --image tissue --n-clusters PHENOTYPES --seed SEED --quiet` does.
+    cluster_args = argparse.Namespace(
+        fraction=args.fraction,
+        seed=args.seed,
+        n_clusters=args.phenotypes,
+        max_clusters=None,
+        xdim=10,
+        ydim=10,
+        som=DEFAULT_SOM,
+        channels=None,
+        chunks=None,
+        scheduler="threads",
+        quiet=True,
+        overwrite=False,
+        cluster_labels=None,
+        metacluster_labels=None,
+    )
+    with _computing(cluster_args):
+        model, sample, arrays = _train(cluster_args, sdata, store, ["tissue"])
+        names = _label_and_write(cluster_args, sdata, store, ["tissue"], arrays, model)
     metaclusters = np.asarray(sdata.labels["tissue_metaclusters"].values)
     ari = adjusted_rand_score(truth.ravel(), metaclusters.ravel())
-    pictures = _save_pictures(out / "pictures", sdata, ["tissue_metaclusters"], fsom)
+    pictures = _save_pictures(out / "pictures", sdata, names, model, sample)
     sizes = np.bincount(metaclusters.ravel(), minlength=args.phenotypes + 1)[1:]
     print(
         f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels (fraction "
@@ -164,39 +278,24 @@ def _demo(args) -> int:
 def _cluster(args) -> int:
     import joblib
 
-    from .harpy._flowsom import _flowsom
-
     store = Path(args.store)
     sdata = _open_store(store)
     images = args.image
-    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
-    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
     if args.save_model is not None and not Path(args.save_model).parent.exists():
         raise _UsageError(f"--save-model: folder {str(Path(args.save_model).parent)!r} does not exist")
     t0 = time.perf_counter()
-    with _scheduler(args.scheduler, progress=not args.quiet) as client:
-        sdata, fsom, _, model = _flowsom(
-            sdata,
-            images,
-            clusters,
-            metaclusters,
-            channels=_parse_channels(args.channels),
-            fraction=args.fraction,
-            n_clusters=args.n_clusters,
-            random_state=args.seed,
-            chunks=_parse_chunks(args.chunks),
-            client=client,
-            overwrite=args.overwrite,
-            xdim=args.xdim,
-            ydim=args.ydim,
+    with _computing(args):
+        model, sample, arrays = _train(args, sdata, store, images)
+        chosen = " (chosen from the data)" if model.n_clusters == "auto" else ""
+        print(
+            f"Trained a {model.xdim}x{model.ydim} SOM ({model.som}) on {model.n_samples_fit_} sampled pixels of "
+            f"{len(images)} image(s), {model.n_clusters_} metaclusters{chosen}, in {time.perf_counter() - t0:.1f} s."
         )
-    print(f"Clustered {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
-    for image, c, m in zip(images, clusters, metaclusters, strict=True):
-        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
+        names = _label_and_write(args, sdata, store, images, arrays, model)
     if args.save_model is not None:
         joblib.dump(model, args.save_model)
         print(f"Model: {args.save_model}")
-    for path in _save_pictures(_pictures_folder(args, store), sdata, metaclusters, fsom):
+    for path in _save_pictures(_pictures_folder(args, store), sdata, names, model, sample):
         print(f"Picture: {path}")
     return 0
 
@@ -205,8 +304,6 @@ def _apply(args) -> int:
     import joblib
 
     from . import PixelFlowSOM
-    from ._images import full_resolution
-    from .harpy._flowsom import _check_outputs, _spatial_chunks, _write_labels
 
     store = Path(args.store)
     if not Path(args.model).is_file():
@@ -216,23 +313,12 @@ def _apply(args) -> int:
         raise _UsageError(f"--model {args.model!r} is not a fitted PixelFlowSOM (save one with cluster --save-model)")
     sdata = _open_store(store)
     images = args.image
-    missing = [name for name in images if name not in sdata.images]
-    if missing:
-        raise _UsageError(f"image(s) {missing} not found in {str(store)!r}; available images: {list(sdata.images)}")
-    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
-    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
-    _check_outputs(sdata, images, clusters, metaclusters, args.overwrite)
-    elements = [sdata.images[name] for name in images]
-    arrays = [full_resolution(element).rename(name) for element, name in zip(elements, images, strict=True)]
-    model.set_params(chunks=_spatial_chunks(_parse_chunks(args.chunks), arrays[0].ndim))
-    stacks = model.transform(arrays)  # checks every image's channels before anything is computed
-    t0 = time.perf_counter()
-    with _scheduler(args.scheduler, progress=not args.quiet):
-        _write_labels(sdata, elements, stacks, clusters, metaclusters, None, True)
-    print(f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
-    for image, c, m in zip(images, clusters, metaclusters, strict=True):
-        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
-    for path in _save_pictures(_pictures_folder(args, store), sdata, metaclusters, None):
+    arrays = _image_elements(sdata, images, store)
+    _check_outputs(args, sdata, images)
+    model.set_params(chunks=_spatial_chunks(args.chunks, arrays[0].ndim))
+    with _computing(args):
+        names = _label_and_write(args, sdata, store, images, arrays, model)
+    for path in _save_pictures(_pictures_folder(args, store), sdata, names, model):
         print(f"Picture: {path}")
     return 0
 
@@ -279,10 +365,27 @@ def _add_common(parser, *, training):
         parser.add_argument(
             "--fraction", type=float, default=0.1, help="fraction of pixels to train on, in (0, 1] (default: 0.1)"
         )
-        parser.add_argument("--n-clusters", type=int, default=5, help="number of metaclusters (default: 5)")
+        parser.add_argument(
+            "--n-clusters",
+            type=_n_clusters,
+            default=5,
+            help="number of metaclusters, or 'auto' to choose it from the data (default: 5)",
+        )
+        parser.add_argument(
+            "--max-clusters",
+            type=int,
+            metavar="N",
+            help="with --n-clusters auto: the largest number of metaclusters tried (default: 20)",
+        )
         parser.add_argument("--xdim", type=int, default=10, help="SOM grid width (default: 10)")
         parser.add_argument("--ydim", type=int, default=10, help="SOM grid height (default: 10)")
         parser.add_argument("--seed", type=int, default=100, help="random seed (default: 100, as harpy)")
+        parser.add_argument(
+            "--som",
+            choices=("online", "batch"),
+            default=DEFAULT_SOM,
+            help=f"SOM algorithm: FlowSOM's online SOM or the batch SOM (default: {DEFAULT_SOM})",
+        )
         parser.add_argument("--save-model", metavar="FILE", help="save the fitted model (joblib), for `apply`")
 
 
@@ -308,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="cluster a synthetic multiplexed image with known phenotypes (needs no data)",
         description="Generate a seeded synthetic multiplexed image with known phenotypes, write it to a SpatialData "
-        "zarr store, cluster it with pixelflowsom.harpy.im.flowsom, write the labels into the store, save pictures "
+        "zarr store, cluster it as `pixelflowsom cluster` does, write the labels into the store, save pictures "
         "and report how well the metaclusters recover the phenotypes (adjusted Rand index).",
     )
     demo.add_argument("--out", default="pixelflowsom-demo", help="output folder (default: ./pixelflowsom-demo)")

@@ -1,14 +1,14 @@
 """The :class:`PixelFlowSOM` estimator: validation and orchestration only.
 
-Sampling lives in :mod:`._sampling`, SOM training in :mod:`._som`, metaclustering in :mod:`._metacluster` and
-labelling in :mod:`._inference`; this module validates input, chains them and stores the fitted state.
+Sampling lives in :mod:`._sampling`, SOM training in :mod:`._som`, metaclustering in :mod:`._metacluster`, the
+nearest-node kernel in :mod:`._nearest` and lazy labelling in :mod:`._inference`; this module validates input,
+chains them and stores the fitted state.
 """
 
 from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
-from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, clone
@@ -16,23 +16,32 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _images, _som
-from ._compat import HasMethods, Interval, StrOptions, _check_feature_names, _check_n_features, _fit_context
+from ._compat import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    _check_feature_names,
+    _check_n_features,
+    _fit_context,
+    _get_container_adapter,
+    set_output_config,
+)
 from ._inference import SOMModel, label_image, label_table
-from ._metacluster import default_metaclustering
+from ._metacluster import choose_n_clusters, default_metaclustering
 from ._nearest import nearest_nodes
-from ._sampling import sample_image, sample_indices, sample_size, take_rows
+from ._persistence import VersionedPickleMixin
+from ._sampling import PixelSample, sample_indices, sample_pixels, sample_size, take_rows
 
 _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
+#: Parameters of the estimator that a SOM estimator passed as ``som`` gets too, when it has them.
+_SOM_PARAMS = ("xdim", "ydim", "rlen", "mst", "alpha")
 
 
-class TrainingSample(NamedTuple):
-    """The pixels an image fit trained on (for :mod:`pixelflowsom.harpy`, which reports them)."""
+def _lazy_frame(out):
+    """Return a lazy ``(n, 2)`` label array as a lazy dask DataFrame with the columns ``[som_node, metacluster]``."""
+    import dask.dataframe as dd
 
-    values: np.ndarray  #: (n, p) float64 channel values (a view of a channel-major array)
-    coords: np.ndarray  #: (n, ndim) int64 array indices in their image
-    image_index: np.ndarray  #: (n,) position of their image in the list
-    nodes: np.ndarray  #: (n,) 0-based nearest SOM node
-    distances: np.ndarray  #: (n,) Euclidean distance to that node
+    return dd.from_dask_array(out, columns=list(_OUTPUT_NAMES))
 
 
 def _is_dask_array(X) -> bool:
@@ -43,7 +52,7 @@ def _is_dask_array(X) -> bool:
     return isinstance(X, da.Array)
 
 
-class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
+class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEstimator, auto_wrap_output_keys=None):
     """FlowSOM clustering of pixels: a self-organizing map, then metaclustering of its nodes.
 
     ``fit`` trains a ``xdim`` x ``ydim`` self-organizing map (SOM) on a random ``fraction`` of the rows, then groups
@@ -54,8 +63,11 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_clusters : int, default=10
-        Number of metaclusters; at most ``xdim * ydim``.
+    n_clusters : int or "auto", default=10
+        Number of metaclusters; at most ``xdim * ydim``. ``"auto"`` chooses it from the SOM codes with
+        :func:`~pixelflowsom.choose_n_clusters` (up to ``max_clusters``, nodes weighted by their training pixels): R
+        FlowSOM's elbow of the within-cluster sum of squares, or, with ``metaclustering=ConsensusClustering()``, the
+        consensus delta-area rule. The choice is in ``n_clusters_`` and ``n_clusters_choice_``.
     xdim, ydim : int, default=10
         Size of the SOM grid; the map has ``xdim * ydim`` nodes.
     rlen : int, default=10
@@ -68,14 +80,20 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     fraction : float, default=0.1
         Fraction of the rows (pixels) to train on, in (0, 1]: ``int(fraction * n_rows)`` rows are drawn without
         replacement.
-    som : {"online", "batch"}, default="online"
+    som : {"online", "batch"} or estimator, default="online"
         SOM training algorithm. ``"online"`` is FlowSOM's single-sample SOM. ``"batch"`` runs ``rlen`` epochs of the
         batch SOM (every epoch assigns the whole sample with the matrix-multiply kernel and moves each code to the
-        mean of the samples won by its grid neighbourhood): much faster on large samples, with a quantization error
-        as low as the online SOM's.
+        mean of the samples won by its grid neighbourhood): much faster on large samples. An estimator with
+        ``flowsom``'s cluster-model interface (``fit(X)``, then a ``codes`` attribute of shape
+        ``(xdim * ydim, n_features)``), e.g. ``flowsom.models.SOMEstimator()``, trains the SOM instead: it is cloned,
+        its parameters ``xdim``, ``ydim``, ``rlen``, ``mst`` and ``alpha`` (those it has) are set to this
+        estimator's, its own seed parameter is left as given, and only its codes are kept.
+    max_clusters : int or None, default=None
+        With ``n_clusters="auto"``: the largest number of metaclusters tried, from 2 to ``xdim * ydim``; ``None`` is
+        20, or ``xdim * ydim`` if smaller. Ignored otherwise.
     metaclustering : estimator or None, default=None
         Clusterer of the SOM codes with a ``fit_predict`` method. It is cloned, and its ``n_clusters`` parameter (if
-        any) is set to ``n_clusters``. ``None`` uses what ``flowsom`` uses, average-linkage
+        any) is set to ``n_clusters_``. ``None`` uses what ``flowsom`` uses, average-linkage
         :class:`~sklearn.cluster.AgglomerativeClustering`; :class:`~pixelflowsom.ConsensusClustering` is R FlowSOM's
         consensus metaclustering.
     channels : str, int, list or None, default=None
@@ -96,13 +114,20 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         ``(i // ydim, i % ydim)``).
     node_metacluster_ : ndarray of shape (xdim * ydim,)
         0-based metacluster of every SOM node: the node-to-metacluster map.
+    n_clusters_ : int
+        The number of metaclusters: ``n_clusters``, or the one chosen with ``n_clusters="auto"``.
+    n_clusters_choice_ : NClustersChoice or None
+        With ``n_clusters="auto"``, how the number was chosen: its ``criterion`` is the table of the criterion per
+        number of metaclusters, which :func:`pixelflowsom.pl.n_clusters_criterion` draws. None otherwise.
     grid_ : ndarray of shape (xdim * ydim, 2)
         Grid position ``(x, y)`` of every node.
     metaclustering_ : estimator
         The fitted metaclustering model.
-    labels_ : ndarray of shape (n_samples,), dask array or DataArray(s)
-        0-based metacluster of every training row (a lazy dask array for dask input); for image input, the lazy
-        1-based metacluster image (a list for a list of images), as :meth:`predict` returns it.
+    labels_ : ndarray of shape (n_samples,) or (n_samples_fit_,)
+        0-based metacluster of every row of an in-memory table ``X``. For a dask array, images or a
+        :class:`~pixelflowsom.PixelSample`, of the training sample only (the rows ``sample_indices_``, resp. the
+        pixels ``sample_coords_``, image after image), so that the model never holds the data or a graph over them:
+        :meth:`predict` labels all of them, lazily.
     n_samples_fit_ : int
         Number of rows the SOM was trained on.
     quantization_error_ : float
@@ -118,6 +143,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     sample_coords_ : list of ndarray
         Image input only: for every image, the ``(m_i, ndim)`` array indices ``([z,] y, x)`` of its sampled pixels
         that were trained on (pixels with a NaN channel are dropped from the sample).
+    sample_indices_ : ndarray of shape (n_samples_fit_,)
+        Dask array input only: the sorted indices of the rows trained on.
 
     See Also
     --------
@@ -140,11 +167,27 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     (ids ``1..n_clusters``); ``transform`` a stack with a leading ``label`` axis ``[som_node, metacluster]``
     (ids up to ``xdim*ydim``). A list of images gives a list of label images.
 
+    **Samples**: :meth:`training_sample` draws the pixels ``fit(images)`` trains on, a
+    :class:`~pixelflowsom.PixelSample` (as :func:`~pixelflowsom.sample_pixels` does), and ``fit`` accepts it: with an
+    int ``random_state``, ``fit(training_sample(images))`` is ``fit(images)``. Draw the sample yourself to train
+    several models on one read of the images, or to keep the training pixels' values and coordinates, which the
+    fitted model does not hold.
+
     Ties between equally near nodes go to the lowest node index, as :func:`numpy.argmin` does on float64
     distances.
 
     Dask arrays stay lazy in ``predict`` and ``transform`` (one task per row chunk); ``fit`` reads only the chunks
     holding sampled rows.
+
+    **Saving** with :mod:`joblib` or :mod:`pickle` stores what the model learned, never the data: the codes, the node
+    map, the metaclustering model and, for images, dask arrays and samples, the training sample's ``labels_`` and
+    ``sample_coords_`` (or ``sample_indices_``). For a 10 x 10 SOM on up to 40 channels a pickle takes at most 64 kB
+    (128 kB with :class:`~pixelflowsom.ConsensusClustering`, which keeps its ``n_nodes x n_nodes`` consensus matrix)
+    plus ``8 * n_samples_fit_ * (1 + n_spatial_dims)`` bytes, whatever the size of the images (an in-memory table
+    adds ``labels_`` of all its rows, as scikit-learn's clusterers do). Loading it with another pixelflowsom
+    version warns with :class:`~pixelflowsom.InconsistentVersionWarning`.
+
+    :meth:`set_output` applies to tables only: images always give label images, and a dask array stays lazy.
 
     When fewer rows are sampled than the map has nodes, the initial codes are drawn with replacement (R FlowSOM
     would fail) and a warning says so.
@@ -166,14 +209,15 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_clusters": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_clusters": [Interval(Integral, 2, None, closed="left"), None],
         "xdim": [Interval(Integral, 1, None, closed="left")],
         "ydim": [Interval(Integral, 1, None, closed="left")],
         "rlen": [Interval(Integral, 1, None, closed="left")],
         "mst": [Interval(Integral, 1, None, closed="left")],
         "alpha": ["array-like"],
         "fraction": [Interval(Real, 0, 1, closed="right")],
-        "som": [StrOptions({"online", "batch"})],
+        "som": [StrOptions({"online", "batch"}), HasMethods(["fit"])],
         "metaclustering": [HasMethods(["fit_predict"]), None],
         "channels": [str, Integral, "array-like", None],
         "chunks": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), tuple, None],
@@ -191,6 +235,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         alpha=(0.05, 0.01),
         fraction=0.1,
         som="online",
+        max_clusters=None,
         metaclustering=None,
         channels=None,
         chunks=None,
@@ -204,6 +249,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         self.alpha = alpha
         self.fraction = fraction
         self.som = som
+        self.max_clusters = max_clusters
         self.metaclustering = metaclustering
         self.channels = channels
         self.chunks = chunks
@@ -214,11 +260,18 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_params(self):
         """Cross-parameter checks that ``_parameter_constraints`` cannot express; returns ``alpha`` as floats."""
         n_nodes = self.xdim * self.ydim
-        if self.n_clusters > n_nodes:
+        if self.n_clusters != "auto" and self.n_clusters > n_nodes:
             raise ValueError(
                 f"n_clusters={self.n_clusters} is larger than the number of SOM nodes xdim * ydim = "
                 f"{self.xdim} * {self.ydim} = {n_nodes}; lower n_clusters or enlarge the grid."
             )
+        if self.n_clusters == "auto" and self.max_clusters is not None and self.max_clusters > n_nodes:
+            raise ValueError(
+                f"max_clusters={self.max_clusters} is larger than the number of SOM nodes xdim * ydim = "
+                f"{self.xdim} * {self.ydim} = {n_nodes}; lower max_clusters or enlarge the grid."
+            )
+        if self.n_clusters == "auto" and n_nodes < 2:
+            raise ValueError('n_clusters="auto" needs a SOM of at least 2 nodes; enlarge xdim or ydim.')
         try:
             alpha = tuple(float(a) for a in self.alpha)
         except (TypeError, ValueError):
@@ -249,55 +302,16 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def _validate_images(self, X, *, reset):
-        """Check image input and select its channels; returns ``(images, single)``.
-
-        Everything about the images is checked here, before any pixel is read.
-        """
-        single = _images._is_single_image(X)
-        images = [_images.check_image(image, i) for i, image in enumerate([X] if single else X)]
-        if len({image.ndim for image in images}) > 1:
-            described = ", ".join(f"{_images.image_name(im, i)}: {im.dims}" for i, im in enumerate(images))
-            raise ValueError(
-                f"All images must have the same dims, 2D ('c', 'y', 'x') or 3D ('c', 'z', 'y', 'x'); got {described}. "
-                "Cluster 2D and 3D images separately."
-            )
-        if reset:
-            labels = _images.channel_labels(images[0]) if self.channels is None else _images.channel_list(self.channels)
-            if len(labels) == 0 or len({str(c) for c in labels}) != len(labels):
-                raise ValueError(f"channels={self.channels!r} must name at least one channel, each once.")
-        elif hasattr(self, "channels_"):
-            labels = self.channels_
-        elif hasattr(self, "feature_names_in_"):
-            labels = list(self.feature_names_in_)
-        else:
-            labels = None
-        selected = []
-        for i, image in enumerate(images):
-            if labels is None:
-                # Fitted on a table without feature names: channels are matched by position.
-                if image.sizes["c"] != self.n_features_in_:
-                    raise ValueError(
-                        f"Image {_images.image_name(image, i)} has {image.sizes['c']} channels, but PixelFlowSOM was "
-                        f"fitted on {self.n_features_in_} features."
-                    )
-                selected.append(image)
-            else:
-                selected.append(_images.select_channels(image, labels, i))
-        if reset:
-            self.channels_ = labels
-            self.feature_names_in_ = np.asarray([str(c) for c in labels], dtype=object)
-            self.n_features_in_ = len(labels)
-        return selected, single
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Train the SOM on a sample of the pixels of ``X`` and metacluster its nodes.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
-            Pixels (rows) by channels (columns), finite; or images (see Notes of the class).
+        X : {array-like, dask array} of shape (n_samples, n_features), image, list of images, or PixelSample
+            Pixels (rows) by channels (columns), finite; or images (see Notes of the class); or a
+            :class:`~pixelflowsom.PixelSample` drawn from images by :func:`~pixelflowsom.sample_pixels`, which is
+            trained on whole (``fraction`` was applied when it was drawn).
         y : None
             Ignored.
 
@@ -306,85 +320,106 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
         self : PixelFlowSOM
             The fitted estimator.
         """
-        self._fit(X)
+        alpha = self._check_params()
+        random_state = check_random_state(self.random_state)
+        if isinstance(X, PixelSample):
+            sample = self._check_pixel_sample(X)
+            # The integer sample_pixels draws from the same random state: fit(sample_pixels(images, ...,
+            # random_state=s)) then trains exactly as fit(images) with random_state=s.
+            random_state.randint(np.iinfo(np.int32).max)
+        elif _images.is_image_input(X):
+            sample = sample_pixels(X, self.fraction, channels=self.channels, random_state=random_state)
+        else:
+            self._fit_table(X, alpha, random_state)
+            return self
+        for attribute in ("sample_indices_",):
+            self.__dict__.pop(attribute, None)
+        self.channels_ = list(sample.channels)
+        self.feature_names_in_ = np.asarray([str(c) for c in sample.channels], dtype=object)
+        self.n_features_in_ = len(sample.channels)
+        nodes = self._fit_sample(sample.values, alpha, random_state)
+        self.sample_coords_ = sample.coords_by_image()
+        self.labels_ = self.node_metacluster_[nodes]
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def _fit_keeping_sample(self, X, trainer=None):
-        """Fit on images and also return the training sample, a :class:`TrainingSample`.
+    def training_sample(self, X):
+        """Draw the pixels that ``fit(X)`` trains on, after checking the parameters and the images.
 
-        For :mod:`pixelflowsom.harpy`, which reports the sampled pixels (the estimator itself does not keep them)
-        and may train with a flowsom model instead: ``trainer(sample)`` then returns ``(codes, node_metacluster)``.
+        Parameters
+        ----------
+        X : image or list of images
+            As in :meth:`fit` (see Notes of the class).
+
+        Returns
+        -------
+        PixelSample
+            ``sample_pixels(X, fraction, channels=channels, random_state=random_state)``. With an int
+            ``random_state``, ``fit(training_sample(X))`` gives exactly the model ``fit(X)`` gives.
+
+        Raises
+        ------
+        ValueError, TypeError, KeyError
+            Bad parameters, images or channels, all before any pixel is read.
         """
-        return self._fit(X, keep_sample=True, trainer=trainer)
-
-    def _fit(self, X, keep_sample=False, trainer=None):
-        alpha = self._check_params()
+        self._validate_params()
+        self._check_params()
         if not _images.is_image_input(X):
-            return self._fit_table(X, alpha)
-        images, single = self._validate_images(X, reset=True)
-        n_pixels = [int(np.prod(image.shape[1:])) for image in images]
-        if sum(sample_size(n, self.fraction) for n in n_pixels) < 1:
-            raise ValueError(
-                f"fraction={self.fraction} of the {sum(n_pixels)} pixels samples no pixel; raise fraction to at least "
-                f"{1 / max(n_pixels):.3g}."
+            raise TypeError(
+                f"training_sample takes an image or a list of images, got {type(X).__name__}; tables are sampled by "
+                "fit itself."
             )
-        random_state = check_random_state(self.random_state)
-        base_seed = int(random_state.randint(np.iinfo(np.int32).max))
-        values, coords = [], []
-        for i, image in enumerate(images):
-            v, c = sample_image(image, self.fraction, np.random.SeedSequence([base_seed, i]))
-            finite = np.isfinite(v).all(axis=1)
-            if len(v) and not finite.any():
-                raise ValueError(
-                    f"All {len(v)} sampled pixels of image {_images.image_name(image, i)} have a NaN (or infinite) "
-                    f"value in the selected channels {self.channels_}; select other channels, fix the image or "
-                    "leave it out."
-                )
-            if not finite.all():
-                v, c = v.T[:, finite].T, c[finite]
-            values.append(v)
-            coords.append(c)
-        # The sampled values come channel-major ((n, p) views of (p, n) arrays): keep that layout, which the batch
-        # SOM and the labelling read without a transposing copy.
-        sample = values[0] if len(values) == 1 else np.concatenate([v.T for v in values], axis=1).T
-        if trainer is None:
-            nodes, distances = self._fit_sample(sample, alpha, random_state)
-        else:
-            codes, node_metacluster = trainer(sample)
-            self.metaclustering_ = None
-            nodes, distances = self._set_model(codes, node_metacluster, sample)
-            self.n_iter_ = self.rlen * self.mst
-        self.sample_coords_ = coords
-        self.labels_ = self._label_images(images, single, layers="metacluster")
-        if keep_sample:
-            image_index = np.repeat(np.arange(len(images)), [len(c) for c in coords])
-            return TrainingSample(sample, np.concatenate(coords), image_index, nodes, distances)
-        return None
+        return sample_pixels(X, self.fraction, channels=self.channels, random_state=self.random_state)
 
-    def _fit_table(self, X, alpha):
+    def _check_pixel_sample(self, sample):
+        if self.channels is not None:
+            wanted = _images.resolve_channels(self.channels, None)
+            if [str(c) for c in wanted] != [str(c) for c in sample.channels]:
+                raise ValueError(
+                    f"The PixelSample holds channels {sample.channels} but channels={self.channels!r}; draw the "
+                    "sample with these channels or set channels=None."
+                )
+        if sample.n_samples < 1:
+            raise ValueError("The PixelSample holds no pixel; draw it with a larger fraction.")
+        return sample
+
+    def _fit_table(self, X, alpha, random_state):
         X = self._validate_table(X, reset=True)
-        for attribute in ("channels_", "sample_coords_"):
+        for attribute in ("channels_", "sample_coords_", "sample_indices_"):
             self.__dict__.pop(attribute, None)
         n = X.shape[0]
         if sample_size(n, self.fraction) < 1:
             raise ValueError(
                 f"fraction={self.fraction} of {n} rows samples no row; raise fraction to at least {1 / n:.3g}."
             )
-        random_state = check_random_state(self.random_state)
         rows = sample_indices(n, self.fraction, random_state.randint(np.iinfo(np.int32).max))
         sample = take_rows(X, rows)
         if not np.isfinite(sample).all():
             raise ValueError("Input X contains NaN or infinity; remove or impute those rows before fitting.")
-        self._fit_sample(sample, alpha, random_state)
-        self.labels_ = self._label(X, column=1)
+        nodes = self._fit_sample(sample, alpha, random_state)
+        if _is_dask_array(X):
+            # The labels of the training rows only: the model must not hold X or a graph over it.
+            self.labels_ = self.node_metacluster_[nodes]
+            self.sample_indices_ = rows
+        else:
+            self.labels_ = label_table(X, self._som_model(), column=1)
 
     def _fit_sample(self, sample, alpha, random_state):
-        """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes."""
+        """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes.
+
+        Returns the nearest node of every sample row.
+        """
         codes, n_iter = self._train_som(sample, alpha, random_state)
-        self.metaclustering_ = self._fit_metaclustering(codes, random_state)
+        nodes, distances = nearest_nodes(sample, codes, return_distances=True)
+        self.metaclustering_, self.n_clusters_, self.n_clusters_choice_ = self._fit_metaclustering(
+            codes, np.bincount(nodes, minlength=codes.shape[0]), random_state
+        )
         self.n_iter_ = n_iter
-        return self._set_model(codes, self.metaclustering_.labels_, sample)
+        self.codes_ = codes
+        self.node_metacluster_ = np.asarray(self.metaclustering_.labels_, dtype=np.int64)
+        self.grid_ = _som.grid_coordinates(self.xdim, self.ydim)
+        self.quantization_error_ = float(distances.mean())
+        self.n_samples_fit_ = sample.shape[0]
+        return nodes
 
     def _train_som(self, sample, alpha, random_state):
         n_nodes = self.xdim * self.ydim
@@ -395,49 +430,55 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=4,
             )
-        return _som.train_som(
-            sample,
-            self.xdim,
-            self.ydim,
-            rlen=self.rlen,
-            mst=self.mst,
-            alpha=alpha,
-            som=self.som,
-            random_state=random_state,
-        )
+        if isinstance(self.som, str):
+            return _som.train_som(
+                sample,
+                self.xdim,
+                self.ydim,
+                rlen=self.rlen,
+                mst=self.mst,
+                alpha=alpha,
+                som=self.som,
+                random_state=random_state,
+            )
+        model = clone(self.som)
+        values = {"xdim": self.xdim, "ydim": self.ydim, "rlen": self.rlen, "mst": self.mst, "alpha": alpha}
+        params = model.get_params()
+        model.set_params(**{name: values[name] for name in _SOM_PARAMS if name in params})
+        model.fit(sample)
+        codes = np.array(getattr(model, "codes", None), dtype=np.float64)
+        if codes.shape != (n_nodes, sample.shape[1]) or not np.isfinite(codes).all():
+            raise ValueError(
+                f"som={self.som!r} must leave finite codes of shape (xdim * ydim, n_features) = "
+                f"({n_nodes}, {sample.shape[1]}) in its codes attribute after fit, got shape {codes.shape}."
+            )
+        return codes, self.rlen * self.mst
 
-    def _set_model(self, codes, node_metacluster, sample):
-        """Adopt trained codes and their node-to-metacluster map; ``sample`` is what they were trained on.
+    def _fit_metaclustering(self, codes, node_counts, random_state):
+        """Fit the metaclustering on the codes; returns ``(model, n_clusters, choice)``.
 
-        Returns the node of every sample row and its distance to it.
+        ``node_counts`` are the training rows per node (the weights of ``n_clusters="auto"``); ``choice`` is the
+        :class:`~pixelflowsom.NClustersChoice` of ``"auto"``, else None.
         """
-        self.codes_ = np.asarray(codes, dtype=np.float64)
-        self.node_metacluster_ = np.asarray(node_metacluster, dtype=np.int64)
-        self.grid_ = _som.grid_coordinates(self.xdim, self.ydim)
-        nodes, distances = nearest_nodes(sample, self.codes_, return_distances=True)
-        self.quantization_error_ = float(distances.mean())
-        self.n_samples_fit_ = sample.shape[0]
-        return nodes, distances
-
-    def _fit_som_only(self, sample):
-        """Train only the SOM on a finite in-memory sample (for flowsom's cluster-model interface)."""
-        self._validate_params()
-        alpha = self._check_params()
-        codes, self.n_iter_ = self._train_som(sample, alpha, check_random_state(self.random_state))
-        self.codes_ = codes
-        return self
-
-    def _fit_metaclustering(self, codes, random_state):
         model = default_metaclustering() if self.metaclustering is None else clone(self.metaclustering)
         params = model.get_params()
-        if "n_clusters" in params:
-            model.set_params(n_clusters=self.n_clusters)
         if "random_state" in params:
             model.set_params(random_state=random_state.randint(np.iinfo(np.int32).max))
-        if self.n_clusters == 1 and "n_clusters" in params:
+        choice = None
+        n_clusters = self.n_clusters
+        if n_clusters == "auto":
+            max_clusters = min(20, codes.shape[0]) if self.max_clusters is None else self.max_clusters
+            # Nodes weighted by their pixels (unweighted if fewer than two nodes won any); the seeded model itself, so
+            # that the labels at the chosen k are those of the fit below.
+            weight = node_counts if np.count_nonzero(node_counts) >= 2 else None
+            choice = choose_n_clusters(codes, model, max_clusters=max_clusters, sample_weight=weight)
+            n_clusters = choice.n_clusters
+        if "n_clusters" in params:
+            model.set_params(n_clusters=n_clusters)
+        if n_clusters == 1 and "n_clusters" in params:
             # One metacluster needs no clustering (and agglomerative clustering refuses a single node).
             model.labels_ = np.zeros(codes.shape[0], dtype=np.int64)
-            return model
+            return model, 1, choice
         labels = np.asarray(model.fit_predict(codes))
         if labels.shape != (codes.shape[0],) or labels.min() < 0:
             raise ValueError(
@@ -445,73 +486,132 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"{np.unique(labels)}."
             )
         model.labels_ = labels
-        return model
+        return model, int(n_clusters), choice
 
     # ------------------------------------------------------------------ labelling
 
-    def _payload(self) -> SOMModel:
+    def _validate_images(self, X):
+        """Check images given after fit and select the fitted channels; returns ``(images, single)``."""
+        images, single = _images.check_images(X)
+        if hasattr(self, "channels_"):
+            labels = self.channels_
+        elif hasattr(self, "feature_names_in_"):
+            labels = list(self.feature_names_in_)
+        else:
+            labels = None
+        selected = []
+        for i, image in enumerate(images):
+            if labels is not None:
+                selected.append(_images.select_channels(image, labels, i))
+            elif image.sizes["c"] != self.n_features_in_:
+                # Fitted on a table without feature names: channels are matched by position.
+                raise ValueError(
+                    f"Image {_images.image_name(image, i)} has {image.sizes['c']} channels, but PixelFlowSOM was "
+                    f"fitted on {self.n_features_in_} features."
+                )
+            else:
+                selected.append(image)
+        return selected, single
+
+    def _validate_pixel_sample(self, sample):
+        labels = getattr(self, "channels_", None)
+        if labels is None or [str(c) for c in labels] != [str(c) for c in sample.channels]:
+            raise ValueError(
+                f"The PixelSample holds channels {sample.channels}; this model was fitted on "
+                f"{labels if labels is not None else 'a table'}. Draw the sample with channels=model.channels_."
+            )
+        return sample.values
+
+    def _som_model(self) -> SOMModel:
         """Return the immutable model that labelling ships to workers."""
         return SOMModel(self.codes_, self.node_metacluster_)
 
-    def _label(self, X, column):
-        return label_table(X, self._payload(), column=column)
-
-    def _label_images(self, images, single, layers, payload=None):
-        """Lazy label images; the payload enters the graph once (a ``Delayed``, or a scattered ``Future``)."""
+    def _label_images(self, images, single, layers):
+        """Lazy label images; the model enters the graph once, as one ``Delayed`` key that every block reads."""
         import dask
 
-        if payload is None:
-            payload = dask.delayed(self._payload(), pure=True)
-        n_meta = max(self.n_clusters, int(self.node_metacluster_.max()) + 1)
+        payload = dask.delayed(self._som_model(), pure=True)
+        n_meta = max(self.n_clusters_, int(self.node_metacluster_.max()) + 1)
         n_ids = n_meta if layers == "metacluster" else max(n_meta, self.codes_.shape[0])
         out = [label_image(im, payload, layers=layers, chunks=self.chunks, n_ids=n_ids) for im in images]
         return out[0] if single else out
+
+    def _label(self, X, column):
+        if _images.is_image_input(X):
+            return self._label_images(*self._validate_images(X), layers="metacluster" if column == 1 else "both")
+        if isinstance(X, PixelSample):
+            return label_table(self._validate_pixel_sample(X), self._som_model(), column=column)
+        return label_table(self._validate_table(X, reset=False), self._som_model(), column=column)
 
     def predict(self, X):
         """Metacluster of every row: the metacluster of its nearest SOM node.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
-            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels.
+        X : {array-like, dask array} of shape (n_samples, n_features), image, list of images, or PixelSample
+            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels (selected by
+            label, whatever their order in the image); or a :class:`~pixelflowsom.PixelSample` of them.
 
         Returns
         -------
         labels : ndarray, dask array, DataArray or list of DataArray
-            For tables, 0-based metacluster labels (int64), lazy for a dask array. For images, the lazy 1-based
-            metacluster image(s), 0 at NaN pixels.
+            For tables and samples, 0-based metacluster labels (int64), lazy for a dask array. For images, the lazy
+            1-based metacluster image(s), 0 at NaN pixels.
         """
         check_is_fitted(self)
-        if _images.is_image_input(X):
-            return self._label_images(*self._validate_images(X, reset=False), layers="metacluster")
-        return self._label(self._validate_table(X, reset=False), column=1)
+        return self._label(X, column=1)
 
     def transform(self, X):
         """SOM node and metacluster of every row.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features), image, or list of images
-            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels.
+        X : {array-like, dask array} of shape (n_samples, n_features), image, list of images, or PixelSample
+            Pixels by channels, with the features seen in ``fit``; or images with the fitted channels (selected by
+            label, whatever their order in the image); or a :class:`~pixelflowsom.PixelSample` of them.
 
         Returns
         -------
         labels : ndarray, dask array, DataArray or list of DataArray
-            For tables, columns ``[som_node, metacluster]``, 0-based int64, lazy for a dask array. For images, lazy
-            ``(2, [z,] y, x)`` stack(s) ``[som_node, metacluster]`` of 1-based ids, 0 at NaN pixels.
+            For tables and samples, columns ``[som_node, metacluster]``, 0-based int64, lazy for a dask array. For
+            images, lazy ``(2, [z,] y, x)`` stack(s) ``[som_node, metacluster]`` of 1-based ids, 0 at NaN pixels.
         """
         check_is_fitted(self)
+        out = self._label(X, column=None)
         if _images.is_image_input(X):
-            return self._label_images(*self._validate_images(X, reset=False), layers="both")
-        return self._label(self._validate_table(X, reset=False), column=None)
+            return out  # label images, whatever the output configuration
+        adapter = _get_container_adapter("transform", self)
+        if adapter is None:
+            return out
+        if _is_dask_array(out):
+            return _lazy_frame(out) if adapter.container_lib == "pandas" else out
+        return adapter.create_container(out, X, columns=self.get_feature_names_out)
 
-    def fit_predict(self, X, y=None, **kwargs):
-        """Fit, then return the metacluster of every row of ``X`` (``labels_``).
+    def set_output(self, *, transform=None):
+        """Set the output container of :meth:`transform` and ``fit_transform`` for tables.
 
         Parameters
         ----------
-        X : {array-like, dask array} of shape (n_samples, n_features)
-            Pixels by channels.
+        transform : {"default", "pandas", "polars"} or None, default=None
+            ``"pandas"`` / ``"polars"``: tables become DataFrames with the columns ``["som_node", "metacluster"]``
+            (the index of a pandas input is kept). Images always give label images, whatever this is. A dask array
+            stays lazy: with ``"pandas"`` it becomes a lazy ``dask.dataframe.DataFrame``; with ``"polars"`` it stays a
+            dask array (polars has no lazy frame over dask). ``None`` leaves the configuration unchanged.
+
+        Returns
+        -------
+        self : PixelFlowSOM
+            The estimator.
+        """
+        return set_output_config(self, transform)
+
+    def fit_predict(self, X, y=None, **kwargs):
+        """Fit, then return the metacluster of every row or pixel of ``X``.
+
+        Parameters
+        ----------
+        X : {array-like, dask array} of shape (n_samples, n_features), image, list of images, or PixelSample
+            As in :meth:`fit`.
         y : None
             Ignored.
         **kwargs : dict
@@ -519,10 +619,15 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        labels : ndarray or dask array of shape (n_samples,)
-            0-based metacluster labels.
+        labels : ndarray, dask array, DataArray or list of DataArray
+            For an in-memory table or a PixelSample, ``labels_``: 0-based metacluster labels of every row. For a dask
+            array, the lazy 0-based labels of every row; for images, the lazy 1-based metacluster image(s), as
+            :meth:`predict` returns them (one lazy graph per image, built once).
         """
-        return self.fit(X).labels_
+        self.fit(X)
+        if _images.is_image_input(X) or _is_dask_array(X):
+            return self.predict(X)
+        return self.labels_
 
     def get_feature_names_out(self, input_features=None):
         """Get the names of the two output columns of :meth:`transform`.

@@ -72,11 +72,51 @@ def check_image(image, position: int) -> xr.DataArray:
     return image.transpose(*canonical) if dims != canonical else image
 
 
+def check_images(X) -> tuple[list[xr.DataArray], bool]:
+    """Validate image input (one image or a list of them) before any pixel is read.
+
+    Returns
+    -------
+    images : list of xarray.DataArray
+        Every image checked by :func:`check_image` (full resolution, dims in canonical order).
+    single : bool
+        Whether ``X`` was one image rather than a list.
+
+    Raises
+    ------
+    ValueError, TypeError
+        From :func:`check_image`, or when the images do not all have the same dims.
+    """
+    single = _is_single_image(X)
+    images = [check_image(image, i) for i, image in enumerate([X] if single else X)]
+    if len({image.ndim for image in images}) > 1:
+        described = ", ".join(f"{image_name(im, i)}: {im.dims}" for i, im in enumerate(images))
+        raise ValueError(
+            f"All images must have the same dims, 2D ('c', 'y', 'x') or 3D ('c', 'z', 'y', 'x'); got {described}. "
+            "Cluster 2D and 3D images separately."
+        )
+    return images, single
+
+
 def channel_list(channels) -> list:
     """Normalise the ``channels`` parameter (one label or several) to a list of labels."""
     if isinstance(channels, str | int | np.integer):
-        return [channels]
-    return list(channels)
+        return [_key(channels)]
+    return [_key(c) for c in channels]
+
+
+def resolve_channels(channels, image: xr.DataArray) -> list:
+    """Return the channel labels to cluster on: ``channels`` as a list, or all of ``image``'s for ``None``.
+
+    Raises
+    ------
+    ValueError
+        If no channel is named, or one is named twice.
+    """
+    labels = channel_labels(image) if channels is None else channel_list(channels)
+    if len(labels) == 0 or len({str(c) for c in labels}) != len(labels):
+        raise ValueError(f"channels={channels!r} must name at least one channel, each once.")
+    return labels
 
 
 def select_channels(image: xr.DataArray, channels: list, position: int) -> xr.DataArray:

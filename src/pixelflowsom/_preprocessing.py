@@ -23,7 +23,8 @@ from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import Interval, StrOptions, _fit_context
+from ._compat import Interval, StrOptions, _fit_context, set_output_config
+from ._persistence import VersionedPickleMixin
 
 _DIMS_2D = ("c", "y", "x")
 _DIMS_3D = ("c", "z", "y", "x")
@@ -306,7 +307,7 @@ def _as_dask_4d(image):
     return arr[:, None] if arr.ndim == 3 else arr
 
 
-class PixelPreprocessor(TransformerMixin, BaseEstimator):
+class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Per-channel normalisation, blur and pixel-sum normalisation of multiplexed images before pixel clustering.
 
     This is ``harpy.im.pixel_clustering_preprocess`` as a transformer: ``fit`` computes the statistics, ``transform``
@@ -584,6 +585,24 @@ class PixelPreprocessor(TransformerMixin, BaseEstimator):
                 arr = arr[:, 0]
             out.append(image.copy(deep=False, data=arr))
         return out if was_list else out[0]
+
+    def set_output(self, *, transform=None):
+        """Accept an output configuration, as in a ``Pipeline.set_output`` call; images stay images.
+
+        ``transform`` returns images whatever the configuration (a DataFrame of an image would lose its axes); the
+        configuration is stored so that a pipeline's ``set_output`` reaches the steps that output tables.
+
+        Parameters
+        ----------
+        transform : {"default", "pandas", "polars"} or None, default=None
+            The configuration; ``None`` leaves it unchanged.
+
+        Returns
+        -------
+        self : PixelPreprocessor
+            The transformer.
+        """
+        return set_output_config(self, transform)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,13 +1,21 @@
-"""Which pixels ``fit`` trains on: a fixed-size random sample drawn without replacement.
+"""Which pixels ``fit`` trains on: a fixed-size random sample drawn without replacement, read chunk by chunk.
 
 The sample is a function of the number of pixels, ``fraction`` and a seed only, never of how the data are chunked
-or computed, so the same data give the same model whatever their dask layout or scheduler.
+or computed, so the same data give the same model whatever their dask layout or scheduler. :func:`sample_pixels`
+draws the training sample of a list of images as :meth:`PixelFlowSOM.fit <pixelflowsom.PixelFlowSOM.fit>` does and
+returns it as a :class:`PixelSample`, which ``fit`` also accepts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from numbers import Real
+
 import numba
 import numpy as np
+from sklearn.utils import check_random_state
+
+from . import _images
 
 
 def sample_size(n: int, fraction: float) -> int:
@@ -141,3 +149,121 @@ def sample_image(image, fraction: float, seed):
     for rows, block_values in zip(positions, dask.compute(*tasks), strict=True):
         _scatter_columns(values, rows, block_values)
     return values.T, coords
+
+
+@dataclass(frozen=True, eq=False)
+class PixelSample:
+    """Sampled pixels of a list of images: what :meth:`PixelFlowSOM.fit <pixelflowsom.PixelFlowSOM.fit>` trains on.
+
+    Made by :func:`sample_pixels`; ``PixelFlowSOM.fit`` accepts it in place of the images, which lets several
+    models train on one sample (reading a large store once) and lets callers keep what the model does not: the
+    values and coordinates of the training pixels.
+
+    Parameters
+    ----------
+    values
+        ``(n, p)`` float64 values of the sampled pixels in the selected channels, finite (the transpose of a
+        C-contiguous ``(p, n)`` array: channel-major, as the SOM kernels read it).
+    coords
+        ``(n, ndim)`` int64 array indices ``([z,] y, x)`` of every pixel in its image.
+    image_index
+        ``(n,)`` int64 position of every pixel's image in the list; the rows are ordered by image, then by position
+        in the image (row-major).
+    channels
+        The ``p`` channel labels, as selected from the images' ``c`` coordinate.
+    n_images
+        Number of images sampled (some may contribute no pixel).
+    """
+
+    values: np.ndarray
+    coords: np.ndarray
+    image_index: np.ndarray
+    channels: list
+    n_images: int
+
+    def __post_init__(self):
+        n = self.values.shape[0]
+        if self.values.ndim != 2 or self.values.shape[1] != len(self.channels):
+            raise ValueError(
+                f"values must be (n, {len(self.channels)}) for {len(self.channels)} channels, got {self.values.shape}."
+            )
+        if self.coords.ndim != 2 or self.coords.shape[0] != n or self.image_index.shape != (n,):
+            raise ValueError(
+                f"coords {self.coords.shape} and image_index {self.image_index.shape} must have one row per pixel "
+                f"({n})."
+            )
+
+    @property
+    def n_samples(self) -> int:
+        """Number of sampled pixels."""
+        return self.values.shape[0]
+
+    def coords_by_image(self) -> list[np.ndarray]:
+        """Split :attr:`coords` by image: one ``(m_i, ndim)`` array per image."""
+        bounds = np.searchsorted(self.image_index, np.arange(1, self.n_images))
+        return np.split(np.asarray(self.coords), bounds)
+
+
+def sample_pixels(images, fraction: float, *, channels=None, random_state=None) -> PixelSample:
+    """Sample ``int(fraction * n_pixels)`` pixels of every image, as :class:`~pixelflowsom.PixelFlowSOM` does.
+
+    Every image, in the order given, gets its own seed, derived from ``random_state`` and its position, and its
+    draw does not depend on how it is chunked; sampled pixels with a NaN (or infinite) value in a selected channel
+    are then dropped. Only the chunks holding sampled pixels are read, each once.
+
+    Parameters
+    ----------
+    images : xarray.DataArray, DataTree or list of them
+        Images with dims ``("c", "y", "x")`` or ``("c", "z", "y", "x")`` (see :class:`~pixelflowsom.PixelFlowSOM`).
+    fraction : float
+        In (0, 1].
+    channels : str, int, list or None, default=None
+        Channels to sample, by the labels of the images' ``c`` coordinate; ``None``: all channels of the first
+        image.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the draw: one integer is drawn from it. ``PixelFlowSOM(random_state=s).fit(images)`` draws exactly
+        ``sample_pixels(images, fraction, channels=channels, random_state=s)`` and trains as
+        ``PixelFlowSOM(random_state=s).fit(sample)`` does.
+
+    Returns
+    -------
+    PixelSample
+        The sampled pixels, their coordinates and images.
+
+    Raises
+    ------
+    KeyError
+        If an image lacks a channel (naming it and listing the image's channels).
+    ValueError, TypeError
+        Bad images or parameters (checked before any pixel is read), a fraction that samples no pixel, or an image
+        whose sampled pixels all have a NaN channel.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1].")
+    checked, _ = _images.check_images(images)
+    labels = _images.resolve_channels(channels, checked[0])
+    selected = [_images.select_channels(image, labels, i) for i, image in enumerate(checked)]
+    n_pixels = [int(np.prod(image.shape[1:])) for image in selected]
+    if sum(sample_size(n, fraction) for n in n_pixels) < 1:
+        raise ValueError(
+            f"fraction={fraction} of the {sum(n_pixels)} pixels samples no pixel; raise fraction to at least "
+            f"{1 / max(n_pixels):.3g}."
+        )
+    base_seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    values, coords = [], []
+    for i, image in enumerate(selected):
+        v, c = sample_image(image, fraction, np.random.SeedSequence([base_seed, i]))
+        finite = np.isfinite(v).all(axis=1)
+        if len(v) and not finite.any():
+            raise ValueError(
+                f"All {len(v)} sampled pixels of image {_images.image_name(image, i)} have a NaN (or infinite) value "
+                f"in the selected channels {labels}; select other channels, fix the image or leave it out."
+            )
+        if not finite.all():
+            v, c = v.T[:, finite].T, c[finite]
+        values.append(v)
+        coords.append(c)
+    # Keep the channel-major layout ((n, p) views of (p, n) arrays), which the SOM kernels read without a copy.
+    pooled = values[0] if len(values) == 1 else np.concatenate([v.T for v in values], axis=1).T
+    image_index = np.repeat(np.arange(len(selected), dtype=np.int64), [len(c) for c in coords])
+    return PixelSample(pooled, np.concatenate(coords), image_index, labels, len(selected))

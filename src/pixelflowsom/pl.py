@@ -4,6 +4,7 @@
 * :func:`phenotype_heatmap` / :func:`phenotype_heatmap_from_fsom`: the median channel intensity of every metacluster,
   z-scored per channel, as pixel-clustering papers show phenotypes;
 * :func:`som_grid`: the SOM grid, nodes coloured by metacluster (and sized by their pixels when known).
+* :func:`n_clusters_criterion`: how the number of metaclusters was chosen (the criterion against ``k``).
 
 Metaclusters are **1-based** in every picture, as in the label images that :meth:`PixelFlowSOM.predict
 <pixelflowsom.PixelFlowSOM.predict>` returns (0 is the background: pixels with a NaN channel). The fitted
@@ -38,7 +39,7 @@ except ImportError as error:  # pragma: no cover - matplotlib is installed where
         "works without it."
     ) from error
 
-__all__ = ["metacluster_image", "phenotype_heatmap", "phenotype_heatmap_from_fsom", "som_grid"]
+__all__ = ["metacluster_image", "n_clusters_criterion", "phenotype_heatmap", "phenotype_heatmap_from_fsom", "som_grid"]
 
 #: Colour of label 0 (background: pixels with a NaN channel).
 _BACKGROUND = (0.0, 0.0, 0.0, 1.0)
@@ -675,4 +676,187 @@ def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
         title = f"SOM grid, {xdim} x {ydim} nodes" + (f"\n(area ~ {unit})" if sizes is not None else "")
     ax.set_title(title)
     _legend(ax, _metacluster_colors(present), [f"metacluster {k}" for k in present])
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------- number of metaclusters
+
+#: What each rule of ``choose_n_clusters`` plots: (column, y label, description for the title).
+_N_CLUSTERS_RULES = {
+    "elbow": ("wss_smoothed", "within-cluster sum of squares", "elbow of the within-cluster sum of squares"),
+    "delta_area": ("delta_area", "relative increase of the CDF area", "consensus delta area"),
+}
+
+
+def _check_choice(choice):
+    """Return ``(n_clusters, criterion, method, cdf)`` of an ``NClustersChoice``, validated."""
+    fields = ("n_clusters", "criterion", "method", "cdf")
+    if not all(hasattr(choice, name) for name in fields) or getattr(choice, "method", None) not in _N_CLUSTERS_RULES:
+        raise TypeError(
+            f"choice must be what pixelflowsom's choose_n_clusters returns (an NClustersChoice), got "
+            f"{type(choice).__name__}."
+        )
+    criterion = choice.criterion
+    column = _N_CLUSTERS_RULES[choice.method][0]
+    if column not in criterion or int(choice.n_clusters) not in criterion.index:
+        raise ValueError(
+            f"choice.criterion has no {column!r} column or no row k = {choice.n_clusters}; pass the NClustersChoice "
+            "unchanged."
+        )
+    return int(choice.n_clusters), criterion, choice.method, dict(choice.cdf)
+
+
+def _n_clusters_axes(ax, with_cdf):
+    """Return ``(fig, criterion_ax, cdf_ax or None)``: a new figure with one or two panels, or the given axes.
+
+    ``ax`` may be None, one Axes (the criterion only) or a sequence of two Axes (criterion, CDF).
+    """
+    if ax is None:
+        if with_cdf:
+            fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
+            return fig, left, right
+        fig, left = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
+        return fig, left, None
+    if isinstance(ax, Axes):
+        fig, left = _figure_and_axes(ax, None)
+        return fig, left, None
+    axes = list(ax) if isinstance(ax, list | tuple | np.ndarray) else None
+    if axes is None or len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
+        raise TypeError(f"ax={ax!r} must be None, a matplotlib Axes or a sequence of two Axes (criterion, CDF).")
+    fig, left = _figure_and_axes(axes[0], None)
+    return fig, left, axes[1]
+
+
+def _integer_ticks(ax, ks):
+    """Put a tick at every ``k`` (every second or fifth one when there are many)."""
+    step = 1 if len(ks) <= 20 else 2 if len(ks) <= 40 else 5
+    ax.set_xticks(ks[(ks - ks[0]) % step == 0])
+
+
+def _draw_elbow(ax, criterion, k):
+    """WSS, smoothed WSS and the two straight lines whose corner is the chosen ``k``."""
+    ks = criterion.index.to_numpy()
+    raw, smoothed = criterion["wss"].to_numpy(), criterion["wss_smoothed"].to_numpy()
+    ax.plot(ks, smoothed, "-o", color="tab:blue", markersize=4, label="WSS, smoothed (R FlowSOM)")
+    ax.plot(ks, raw, "o", color="0.55", markersize=3, label="WSS", zorder=3)
+    for part in (ks < k, ks >= k):
+        if part.sum() >= 2:
+            slope, intercept = np.polyfit(ks[part], smoothed[part], 1)
+            x = ks[part][[0, -1]]
+            ax.plot(x, intercept + slope * x, "--", color="tab:orange", linewidth=1.2)
+    ax.plot([], [], "--", color="tab:orange", linewidth=1.2, label="two-line fit")
+    _mark_choice(ax, k, smoothed[ks == k][0])
+    ax.set_ylabel("within-cluster sum of squares")
+    _integer_ticks(ax, ks)
+
+
+def _draw_delta_area(ax, criterion, k):
+    """Relative increase of the CDF area per ``k`` (symlog scale), the 2 % threshold and the chosen ``k``."""
+    from ._metacluster import _DELTA_AREA_THRESHOLD
+
+    data = criterion["delta_area"].dropna()
+    ks, delta = data.index.to_numpy(), data.to_numpy()
+    ax.plot(ks, delta, "-o", color="tab:blue", markersize=4, label="delta area")
+    ax.axhline(
+        _DELTA_AREA_THRESHOLD, color="tab:red", linestyle=":", linewidth=1.2, label="2 % threshold: k + 1 adds less"
+    )
+    ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
+    _mark_choice(ax, k, delta[ks == k][0])
+    ax.set_ylabel("relative increase of the CDF area")
+    _integer_ticks(ax, ks)
+
+
+def _mark_choice(ax, k, y):
+    """Mark the chosen ``k``: a vertical line and a large red point labelled ``k = ...``."""
+    ax.axvline(k, color="tab:red", linewidth=1.0, alpha=0.5)
+    ax.plot([k], [y], "o", markersize=10, markerfacecolor="none", markeredgecolor="tab:red", markeredgewidth=2)
+    ax.annotate(
+        f"k = {k}",
+        (k, y),
+        xytext=(8, 8),
+        textcoords="offset points",
+        color="tab:red",
+        fontweight="bold",
+    )
+
+
+def _draw_cdf(ax, cdf, k):
+    """Consensus CDF of every ``k`` (viridis by ``k``, with a colorbar), the chosen one thick and black."""
+    ks = np.array(sorted(cdf))
+    cmap = plt.get_cmap("viridis")
+    norm = BoundaryNorm(np.arange(ks[0], ks[-1] + 2) - 0.5, cmap.N)
+    for kk in ks:
+        x, curve = cdf[kk]
+        if kk != k:
+            ax.plot(x, curve, color=cmap(norm(kk)), linewidth=1.0, alpha=0.8)
+    x, curve = cdf[k]
+    ax.plot(x, curve, color="black", linewidth=2.5, label=f"k = {k} (chosen)")
+    bar = ax.figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="k")
+    bar.set_ticks(ks[(ks - ks[0]) % (1 if len(ks) <= 20 else 5) == 0])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("consensus index")
+    ax.set_ylabel("CDF (fraction of pairs)")
+    ax.set_title("Consensus CDF per k")
+    ax.legend(loc="upper left", fontsize="small", frameon=False)
+
+
+def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
+    """Draw how :func:`~pixelflowsom.choose_n_clusters` chose the number of clusters.
+
+    The criterion against ``k`` with the chosen ``k`` marked: for the elbow, the within-cluster sum of squares (WSS)
+    and its smoothing with the two straight lines whose corner is the elbow; for the consensus delta area, the
+    relative increase of the area under the consensus CDF (symmetric log scale) with the 2 % threshold. For a
+    consensus clustering a second panel shows the consensus CDF of every ``k``: a well separated ``k`` has a CDF
+    that is flat between 0 and 1 (every pair of nodes is always or never together).
+
+    Parameters
+    ----------
+    choice : NClustersChoice
+        What ``choose_n_clusters`` returned.
+    ax : matplotlib.axes.Axes, sequence of two Axes, or None, default=None
+        Axes to draw on: one Axes gets the criterion only; two get the criterion and the CDF. ``None`` makes a new
+        figure, with the CDF panel when ``choice`` has CDF curves.
+    title : str or None, default=None
+        Title of the criterion axes; ``None`` names the rule and the chosen ``k``.
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on. The criterion axes is ``fig.axes[0]``; its first line is the criterion against ``k``.
+
+    See Also
+    --------
+    som_grid : The SOM nodes coloured by their metacluster.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pixelflowsom import pl
+    >>> from pixelflowsom import choose_n_clusters
+    >>> rng = np.random.default_rng(0)
+    >>> codes = np.repeat(np.eye(4) * 4, 25, axis=0) + rng.normal(0, 0.3, size=(100, 4))
+    >>> choice = choose_n_clusters(codes, max_clusters=10)
+    >>> fig = pl.n_clusters_criterion(choice)
+    >>> fig.axes[0].get_title()
+    'Elbow of the within-cluster sum of squares: k = 4'
+    """
+    k, criterion, method, cdf = _check_choice(choice)
+    fig, criterion_ax, cdf_ax = _n_clusters_axes(ax, bool(cdf))
+    if method == "elbow":
+        _draw_elbow(criterion_ax, criterion, k)
+    else:
+        _draw_delta_area(criterion_ax, criterion, k)
+    criterion_ax.set_xlabel("number of metaclusters k")
+    criterion_ax.grid(True, color="0.9", linewidth=0.6)
+    criterion_ax.set_axisbelow(True)
+    criterion_ax.legend(loc="upper right", fontsize="small", frameon=False)
+    description = _N_CLUSTERS_RULES[method][2]
+    criterion_ax.set_title(title if title is not None else f"{description[0].upper()}{description[1:]}: k = {k}")
+    if cdf_ax is not None:
+        if not cdf:
+            raise ValueError("Two axes were given but choice has no consensus CDF curves (it is not a consensus).")
+        _draw_cdf(cdf_ax, cdf, k)
     return _finish(fig, save)

@@ -1,30 +1,46 @@
-"""A flowsom cluster model backed by pixelflowsom: what ``fsom.model.cluster_model`` is after the drop-in.
+"""flowsom's models on pixelflowsom: the SOM and metaclustering a ``FlowSOM(**kwargs)`` call asks for, and its model.
 
-``flowsom.models.BaseFlowSOMEstimator`` takes its SOM as a ``cluster_model`` class; :class:`PixelSOMEstimator`
-has the interface of ``flowsom.models.SOMEstimator`` (same parameters, ``codes``, ``labels_``, ``distances``,
-``fit``/``predict``/``fit_predict``) and runs pixelflowsom's kernels, so a ``FlowSOMEstimator`` built around it is
-a genuine flowsom model that trains and predicts fast.
+``flowsom.FlowSOM(**kwargs)`` builds a ``flowsom.models.BaseFlowSOMEstimator`` subclass (``model=``, by default
+``FlowSOMEstimator``) whose ``cluster_model`` trains the SOM and whose ``metacluster_model`` clusters the codes.
+:func:`flowsom_options` splits the drop-in's ``**kwargs`` the same way and returns what
+:class:`~pixelflowsom.PixelFlowSOM` needs: its ``som`` (pixelflowsom's own algorithm, or the flowsom cluster model
+when the call asks for one) and its ``metaclustering``. :func:`fitted_flowsom_model` then builds the fitted flowsom
+model that the returned ``flowsom.FlowSOM`` carries, around :class:`PixelSOMEstimator`, flowsom's cluster-model
+interface on pixelflowsom's SOM.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
+from numbers import Integral
+
 import numpy as np
-from flowsom.models import BaseClusterEstimator, FlowSOMEstimator
+from flowsom.models import BaseClusterEstimator, BaseFlowSOMEstimator, FlowSOMEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from pixelflowsom._estimator import PixelFlowSOM
+from pixelflowsom import PixelFlowSOM
 from pixelflowsom._nearest import nearest_nodes
+
+#: Keywords of ``flowsom.FlowSOM`` itself (the rest belong to its models), and pixelflowsom's ``max_clusters``.
+FLOWSOM_KEYWORDS = ("xdim", "ydim", "rlen", "mst", "alpha", "mad_allowed", "model", "max_clusters")
+#: Cluster-model options pixelflowsom's SOM implements; any other option of the cluster model trains with flowsom.
+_FAST_SOM_KEYWORDS = {"xdim", "ydim", "rlen", "mst", "alpha", "seed", "som"}
+#: The SOM algorithm of the drop-in when the call does not choose one (``som=`` or ``model=``).
+DEFAULT_SOM = "batch"
+#: FlowSOM's defaults of the SOM parameters.
+_SOM_DEFAULTS = {"xdim": 10, "ydim": 10, "rlen": 10, "mst": 1, "alpha": (0.05, 0.01)}
 
 
 class PixelSOMEstimator(BaseClusterEstimator):
-    """flowsom's ``SOMEstimator`` interface on pixelflowsom's SOM kernels.
+    """flowsom's ``SOMEstimator`` interface on pixelflowsom's SOM: what ``fsom.model.cluster_model`` is by default.
 
     Parameters
     ----------
     xdim, ydim, rlen, mst, alpha, seed
         As ``flowsom.models.SOMEstimator`` (``seed`` is the random state).
     som : {"batch", "online"}, default="batch"
-        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som`` (the drop-in's default is the batch SOM).
+        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som``.
 
     Attributes
     ----------
@@ -38,10 +54,10 @@ class PixelSOMEstimator(BaseClusterEstimator):
     Notes
     -----
     Like flowsom's ``SOMEstimator``, ``predict`` stores ``labels_`` and ``distances`` on the model, because flowsom
-    reads them from there. pixelflowsom's own labelling never calls it: it ships an immutable copy of the codes.
+    reads them from there. pixelflowsom's own labelling never calls it.
     """
 
-    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som="batch"):
+    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som=DEFAULT_SOM):
         super().__init__()
         self.xdim = xdim
         self.ydim = ydim
@@ -53,7 +69,7 @@ class PixelSOMEstimator(BaseClusterEstimator):
 
     def fit(self, X, y=None):
         """Train the SOM on all rows of ``X``."""
-        som = PixelFlowSOM(
+        model = PixelFlowSOM(
             n_clusters=1,
             xdim=self.xdim,
             ydim=self.ydim,
@@ -63,22 +79,10 @@ class PixelSOMEstimator(BaseClusterEstimator):
             fraction=1.0,
             som=self.som,
             random_state=self.seed,
-        )
-        som._fit_som_only(np.asarray(X, dtype=np.float64))
-        return self._set_fitted(som.codes_, np.asarray(X))
-
-    def _set_fitted(self, codes, X, labels=None, distances=None):
-        """Adopt trained ``codes``; label ``X`` with them (flowsom reads ``labels_`` and ``distances``).
-
-        ``labels`` and ``distances``, when given, are those of ``X`` (already computed with these codes).
-        """
-        self.codes = np.array(codes, dtype=np.float64)
+        ).fit(X)
+        self.codes = model.codes_
         self._is_fitted = True
-        if labels is None or distances is None:
-            self.predict(X)
-        else:
-            self.labels_ = np.asarray(labels)
-            self.distances = np.asarray(distances)
+        self.predict(X)
         return self
 
     def predict(self, X, y=None):
@@ -94,36 +98,139 @@ class PixelSOMEstimator(BaseClusterEstimator):
         return self.fit(X).labels_
 
 
-def fitted_flowsom_model(model_class, *, codes, node_metacluster, X, labels=None, distances=None, **params):
-    """Build a fitted flowsom model of ``model_class`` whose SOM is a fitted :class:`PixelSOMEstimator`.
+@dataclass
+class FlowSOMOptions:
+    """The drop-in's ``**kwargs``, split as ``flowsom.FlowSOM(**kwargs)`` splits them.
 
-    Parameters
-    ----------
-    model_class
-        A ``flowsom.models.BaseFlowSOMEstimator`` subclass (``FlowSOMEstimator``).
-    codes, node_metacluster
-        The trained codes and the 0-based metacluster of every node.
-    X
-        The training sample (``labels_``, ``cluster_labels_`` and ``distances`` describe it, as after flowsom's
-        ``fit_predict``).
-    labels, distances
-        The 0-based nearest node of every row of ``X`` and the distance to it, if already computed with ``codes``
-        (otherwise they are computed).
-    **params
-        Parameters of the model, as ``flowsom.FlowSOM`` passes them (``xdim``, ``n_clusters``, ...).
-
-    Returns
-    -------
-    flowsom.models.BaseFlowSOMEstimator
-        The model, in the state ``fit_predict(X)`` leaves a flowsom model in.
+    ``som`` and ``metaclustering`` are the parameters to give :class:`~pixelflowsom.PixelFlowSOM`; the rest builds
+    the flowsom model of the returned ``flowsom.FlowSOM`` (:meth:`fitted_model`).
     """
-    model = model_class(cluster_model=PixelSOMEstimator, **params)
-    model.cluster_model._set_fitted(codes, X, labels, distances)
-    model._y_codes = np.asarray(node_metacluster)
-    model.cluster_labels_ = model.cluster_model.labels_
-    model.labels_ = model._y_codes[model.cluster_labels_]
-    model._is_fitted = True
-    return model
+
+    model_class: type
+    xdim: int
+    ydim: int
+    rlen: int
+    mst: int
+    alpha: tuple
+    som: object  #: "batch", "online", or an unfitted flowsom cluster model
+    metaclustering: object  #: an unfitted flowsom metacluster model with n_clusters
+    mad_allowed: object
+    max_clusters: object  #: pixelflowsom's max_clusters, for n_clusters="auto"
+    params: dict = field(default_factory=dict)  #: the keywords of model_class(...)
+
+    def fitted_model(self, codes, node_metacluster, labels, distances, n_clusters):
+        """Return a fitted ``model_class`` with these codes, in the state ``fit_predict`` of the sample leaves it.
+
+        Parameters
+        ----------
+        codes, node_metacluster
+            The trained codes and the 0-based metacluster of every node.
+        labels, distances
+            The 0-based nearest node of every training row and the distance to it (flowsom keeps both).
+        n_clusters
+            The number of metaclusters (the chosen one for ``n_clusters="auto"``).
+        """
+        params = self.params | {"n_clusters": n_clusters}
+        if isinstance(self.som, str):
+            model = self.model_class(cluster_model=PixelSOMEstimator, **params, som=self.som)
+        else:
+            model = self.model_class(**params)
+        cluster = model.cluster_model
+        # The state flowsom's cluster models are in after fit: codes, labels_ and distances of the training rows.
+        cluster.codes = np.array(codes, dtype=np.float64)
+        cluster.labels_ = np.asarray(labels)
+        cluster.distances = np.asarray(distances)
+        cluster._is_fitted = True
+        model._y_codes = np.asarray(node_metacluster)
+        model.cluster_labels_ = cluster.labels_
+        model.labels_ = model._y_codes[cluster.labels_]
+        model._is_fitted = True
+        return model
 
 
-__all__ = ["FlowSOMEstimator", "PixelSOMEstimator", "fitted_flowsom_model"]
+def _model_keywords(model_class, default) -> tuple[set[str], set[str]]:
+    """Keywords of the cluster and metacluster models of a flowsom model class (what ``FlowSOM(**kwargs)`` takes).
+
+    Without ``model=``, the cluster model is :class:`PixelSOMEstimator` (hence ``som``), which also accepts the options
+    of flowsom's ``SOMEstimator`` (those it does not implement train with flowsom).
+    """
+    params = inspect.signature(model_class).parameters
+    cluster = set(inspect.signature(params["cluster_model"].default).parameters)
+    if default:
+        cluster |= set(inspect.signature(PixelSOMEstimator).parameters)
+    metacluster = params["metacluster_model"].default
+    return cluster, set(inspect.signature(metacluster).parameters)
+
+
+def flowsom_options(kwargs: dict, n_clusters, random_state) -> FlowSOMOptions:
+    """Split the drop-in's ``**kwargs`` as ``flowsom.FlowSOM`` would, checking them before any work.
+
+    Raises
+    ------
+    TypeError
+        An unknown keyword (naming it and listing the known ones), or ``model`` that is not a flowsom model class.
+    ValueError
+        ``xdim``, ``ydim`` or ``n_clusters`` not a positive integer (or ``"auto"`` for ``n_clusters``), more
+        metaclusters than SOM nodes, or ``max_clusters`` not an integer from 2 to the number of SOM nodes.
+    """
+    model_class = kwargs.get("model", FlowSOMEstimator)
+    if not (inspect.isclass(model_class) and issubclass(model_class, BaseFlowSOMEstimator)):
+        raise TypeError(
+            f"model={model_class!r} must be a flowsom.models.BaseFlowSOMEstimator subclass, "
+            "e.g. flowsom.models.BatchFlowSOMEstimator."
+        )
+    cluster_keys, metacluster_keys = _model_keywords(model_class, default="model" not in kwargs)
+    allowed = set(FLOWSOM_KEYWORDS) | ((cluster_keys | metacluster_keys) - {"n_clusters", "seed"})
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"flowsom() got unexpected keyword argument(s) {unknown}; FlowSOM options are {sorted(allowed)} "
+            "(the seed is random_state, the channels are channels)."
+        )
+    som_params = {name: kwargs.get(name, default) for name, default in _SOM_DEFAULTS.items()}
+    checked = [("xdim", som_params["xdim"]), ("ydim", som_params["ydim"])]
+    if not (isinstance(n_clusters, str) and n_clusters == "auto"):
+        checked.append(("n_clusters", n_clusters))
+    for name, value in checked:
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{name}={value!r} must be a positive integer" + (' or "auto".' if name == "n_clusters" else ".")
+            )
+    n_nodes = som_params["xdim"] * som_params["ydim"]
+    if n_clusters != "auto" and n_clusters > n_nodes:
+        raise ValueError(
+            f"n_clusters={n_clusters} is larger than the number of SOM nodes xdim * ydim = {n_nodes}; lower "
+            "n_clusters or enlarge the grid."
+        )
+    max_clusters = kwargs.get("max_clusters")
+    if max_clusters is not None and (
+        not isinstance(max_clusters, Integral) or isinstance(max_clusters, bool) or not 2 <= max_clusters <= n_nodes
+    ):
+        raise ValueError(
+            f"max_clusters={max_clusters!r} must be an integer from 2 to the number of SOM nodes xdim * ydim = "
+            f"{n_nodes}."
+        )
+    # flowsom's metacluster models need an n_clusters when built; PixelFlowSOM sets the chosen one on its clone.
+    initial_clusters = n_clusters if n_clusters != "auto" else (max_clusters or min(20, n_nodes))
+    cluster_options = {k: v for k, v in kwargs.items() if k in cluster_keys and k not in _SOM_DEFAULTS}
+    metacluster_options = {k: v for k, v in kwargs.items() if k in metacluster_keys and k not in cluster_keys}
+    params = som_params | {"seed": random_state, "n_clusters": initial_clusters} | metacluster_options
+    flowsom_trains = "model" in kwargs or set(cluster_options) - _FAST_SOM_KEYWORDS
+    if flowsom_trains:
+        params |= {k: v for k, v in cluster_options.items() if k != "som"}
+        som = model_class(**params).cluster_model
+    else:
+        som = cluster_options.get("som", DEFAULT_SOM)
+    metacluster_class = inspect.signature(model_class).parameters["metacluster_model"].default
+    return FlowSOMOptions(
+        model_class=model_class,
+        som=som,
+        metaclustering=metacluster_class(n_clusters=initial_clusters, **metacluster_options),
+        mad_allowed=kwargs.get("mad_allowed", 4),
+        max_clusters=max_clusters,
+        params=params,
+        **som_params,
+    )
+
+
+__all__ = ["DEFAULT_SOM", "FlowSOMOptions", "PixelSOMEstimator", "flowsom_options"]
