@@ -4,7 +4,7 @@
 pandas loop over the nodes (``FlowSOM._update_derived_values`` and ``FlowSOM.test_outliers`` filter the whole sample
 once per node and statistic), which is slow on big samples. :func:`build_flowsom` creates the instance with
 ``FlowSOM.__new__``, reads the sample in with flowsom's own ``read_input`` and computes the same fields, values and
-dtypes, quirks included, with the kernels of :mod:`pixelflowsom.harpy._groupstats`: the rows sorted by
+dtypes, quirks included, with the kernels of :mod:`pixelflowsom.harpy._group_statistics`: the rows sorted by
 ``(metacluster, node)`` and copied once, then every statistic of every node (or metacluster) and channel in one go.
 """
 
@@ -20,7 +20,7 @@ import pandas as pd
 from flowsom import FlowSOM
 from mudata import MuData
 
-from pixelflowsom.harpy._groupstats import GroupStats, RowOrder, count_above, gather_columns, group_stats, sort_rows
+from pixelflowsom.harpy._group_statistics import GroupStats, RowOrder, count_above, gather_columns, group_stats, sort_rows
 
 __all__ = ["build_flowsom"]
 
@@ -231,7 +231,7 @@ def _cluster_stats(X, clustering, metaclustering, distances, counts, mad_allowed
     """Per-node and per-metacluster statistics, as flowsom has them, from one sort and copy of ``X``.
 
     The rows are ordered by ``(metacluster, node)`` and ``X`` is copied once in that order, channel-major, in float64
-    (:mod:`._groupstats`); the NaN-skipping medians, median absolute deviations, means and standard deviations of
+    (:mod:`._group_statistics`); the NaN-skipping medians, median absolute deviations, means and standard deviations of
     every node and channel and the medians of every metacluster come from that copy, the outlier table from the
     distances in the same order. ``counts`` are the numbers of rows of every node.
 

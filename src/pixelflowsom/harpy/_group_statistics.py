@@ -1,4 +1,4 @@
-"""Per-group statistics of the columns of a big table: numba kernels behind :func:`~._fsom.build_flowsom`.
+"""Per-group statistics of the columns of a big table: numba kernels behind :func:`~._flowsom_object.build_flowsom`.
 
 flowsom describes every SOM node (and every metacluster) by NaN-skipping statistics of its rows: the median (pandas'
 ``groupby(...).median()``), the median absolute deviation (``scipy.stats.median_abs_deviation(nan_policy="omit")``),
