@@ -48,3 +48,52 @@ def test_sample_image_values_are_the_pixels_at_coords(dtype, shape):
         np.testing.assert_array_equal(values, data[(slice(None), *coords.T)].T.astype(np.float64))
     flat = np.ravel_multi_index(tuple(expected_coords.T), shape[1:])
     np.testing.assert_array_equal(flat, sample_indices(int(np.prod(shape[1:])), 0.3, 5))  # row-major order
+
+
+def test_sample_pixels_reads_all_images_in_one_computation(monkeypatch):
+    import dask
+    import xarray as xr
+
+    from pixelflowsom import _sampling, sample_pixels
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.random((3, 40, 50)) for _ in range(5)]
+    images = [
+        xr.DataArray(da.from_array(a, chunks=(1, 16, 16)), dims=("c", "y", "x"), coords={"c": ["a", "b", "c"]})
+        for a in arrays
+    ]
+    calls = []
+    compute = dask.compute
+
+    def counting(*args, **kwargs):
+        calls.append(len(args))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", counting)
+    sample = sample_pixels(images, 0.1, channels=["c", "a"], random_state=0)
+    assert len(calls) == 1
+    for i, array in enumerate(arrays):
+        rows = sample.image_index == i
+        y, x = sample.coords[rows].T
+        np.testing.assert_array_equal(sample.values[rows], array[[2, 0]][:, y, x].T)
+    assert _sampling.sample_size(40 * 50, 0.1) * 5 == sample.n_samples
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"fraction": 0}, ValueError, r"fraction=0 must be a number in \(0, 1\]"),
+        ({"fraction": True}, ValueError, r"fraction=True must be a number"),
+        ({"fraction": 0.5, "channels": ["a", "z"]}, KeyError, r"\['z'\] not found in image at position 0"),
+        ({"fraction": 0.5, "channels": ["a", "a"]}, ValueError, "must name at least one channel, each once"),
+        ({"fraction": 0.001}, ValueError, "samples no pixel; raise fraction to at least"),
+    ],
+)
+def test_sample_pixels_errors(kwargs, error, match):
+    import xarray as xr
+
+    from pixelflowsom import sample_pixels
+
+    image = xr.DataArray(np.ones((2, 10, 10)), dims=("c", "y", "x"), coords={"c": ["a", "b"]})
+    with pytest.raises(error, match=match):
+        sample_pixels(image, **kwargs)

@@ -120,6 +120,30 @@ def sample_image(image, fraction: float, seed):
     No flattened copy or coordinate grid of the image is made. For a dask array, one task per chunk holding
     sampled pixels reads that chunk and returns just those pixels; the tasks run on the current dask scheduler.
     """
+    return _sample_images([image], fraction, [seed])[0]
+
+
+def _sample_images(images, fraction, seeds):
+    """:func:`sample_image` of every image, the chunk reads of all of them in one dask computation."""
+    import dask
+
+    plans = [_plan(image, fraction, seed) for image, seed in zip(images, seeds, strict=True)]
+    tasks = [task for plan in plans for task in plan[2]]
+    results = iter(dask.compute(*tasks)) if tasks else iter(())
+    out = []
+    for values, coords, plan_tasks, positions in plans:
+        for rows, _ in zip(positions, plan_tasks, strict=True):
+            _scatter_columns(values, rows, next(results))
+        out.append((values.T, coords))
+    return out
+
+
+def _plan(image, fraction, seed):
+    """Draw the pixels of one image; return ``(values, coords, tasks, positions)``.
+
+    ``values`` is the ``(c, m)`` float64 output, filled already for a numpy-backed image; otherwise every task (a
+    ``Delayed``) reads one chunk and returns the values of its sampled pixels, for the columns ``positions[i]``.
+    """
     import dask
     import dask.array as da
 
@@ -128,7 +152,7 @@ def sample_image(image, fraction: float, seed):
     flat = sample_indices(int(np.prod(shape)), fraction, seed)
     coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
     if not isinstance(data, da.Array):
-        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))).T, coords
+        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))), coords, [], []
 
     values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
     data = data.rechunk({0: -1})
@@ -146,9 +170,7 @@ def sample_image(image, fraction: float, seed):
         local = np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T)
         tasks.append(dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(0, *b)], tuple(local)))
         positions.append(rows)
-    for rows, block_values in zip(positions, dask.compute(*tasks), strict=True):
-        _scatter_columns(values, rows, block_values)
-    return values.T, coords
+    return values, coords, tasks, positions
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,7 +231,8 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
 
     Every image, in the order given, gets its own seed, derived from ``random_state`` and its position, and its
     draw does not depend on how it is chunked; sampled pixels with a NaN (or infinite) value in a selected channel
-    are then dropped. Only the chunks holding sampled pixels are read, each once.
+    are then dropped. Only the chunks holding sampled pixels are read, each once, in one dask computation for all
+    images.
 
     Parameters
     ----------
@@ -250,9 +273,10 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
             f"{1 / max(n_pixels):.3g}."
         )
     base_seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    seeds = [np.random.SeedSequence([base_seed, i]) for i in range(len(selected))]
     values, coords = [], []
-    for i, image in enumerate(selected):
-        v, c = sample_image(image, fraction, np.random.SeedSequence([base_seed, i]))
+    for i, (v, c) in enumerate(_sample_images(selected, fraction, seeds)):
+        image = selected[i]
         finite = np.isfinite(v).all(axis=1)
         if len(v) and not finite.any():
             raise ValueError(
