@@ -9,9 +9,10 @@ runs the same call on the store read back with ``spatialdata.read_zarr``::
                xdim=10, ydim=10, random_state=0)
 
 with harpy (``harpy.im.flowsom``, harpy-analysis 0.4) and with pixelflowsom (``pixelflowsom.harpy.im.flowsom``),
-each on a fresh copy of the store: every labels element is written into the store, as the call does on a backed ``sdata``. The timed part is the call
-plus reading every metacluster labels element back. For the in-memory comparison, pixelflowsom also runs the same
-call on the same cohort held in memory (``--in-memory-at``, default 32 FOVs).
+each on a fresh copy of the store: every labels element is written into the store, as the call does on a backed
+``sdata``. The timed part is the call plus reading every metacluster labels element back. For the in-memory
+comparison, pixelflowsom also runs the same call on the same cohort held in memory (``--in-memory-at``, default 32
+FOVs).
 
 Prints per implementation and cohort size: seconds, seconds per FOV, peak RSS and the adjusted Rand index of the
 metacluster labels against the true phenotypes (all FOVs pooled); then the targets: our seconds per FOV at the
