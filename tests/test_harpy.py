@@ -199,6 +199,52 @@ def test_uint16_image(sdata):
     assert_labels_right(ints, fsom, mapping, "a", "a_clusters", "a_metaclusters", ["marker_03", "marker_00"])
 
 
+@pytest.mark.parametrize("use_backed", [False, True])
+def test_scale_factors_make_multiscale_labels(sdata, backed, use_backed):
+    from skimage.transform import resize
+
+    target = backed if use_backed else sdata
+    channels = ["marker_05", "marker_02"]
+    _, fsom, mapping = run(target, scale_factors=[2, 2], channels=channels)
+    expected = assert_labels_right(target, fsom, mapping, "a", "a_clusters", "a_metaclusters", channels)
+    for layer, name in enumerate(("a_clusters", "a_metaclusters")):
+        labels = target.labels[name]
+        assert isinstance(labels, xr.DataTree)
+        assert sorted(labels.children) == ["scale0", "scale1", "scale2"]
+        # scale1 halves 90 x 110 exactly: skimage's nearest-neighbour downsampling of the expected level 0.
+        scale1 = labels["scale1"]["image"]
+        assert scale1.dtype == np.uint8
+        half = resize(expected[layer], (45, 55), order=0, mode="reflect", anti_aliasing=False, preserve_range=True)
+        np.testing.assert_array_equal(scale1.values, half.astype(np.uint8), err_msg=name)
+        # scale2 halves 45 x 55 chunk by chunk (odd sizes round per chunk): every pixel is a pixel of its footprint.
+        scale2 = labels["scale2"]["image"].values
+        assert scale2.shape == (22, 27)
+        for i, j in np.ndindex(scale2.shape):
+            y, x = int(i * 45 / 22), int(j * 55 / 27)
+            window = half[max(0, y - 1) : y + 3, max(0, x - 1) : x + 3]
+            assert scale2[i, j] in window, (name, i, j)
+    if use_backed:  # the store read anew holds the same pyramid
+        reread = sd.read_zarr(target.path)
+        for name in ("a_clusters", "a_metaclusters"):
+            for scale in ("scale0", "scale1", "scale2"):
+                np.testing.assert_array_equal(
+                    reread.labels[name][scale]["image"].values, target.labels[name][scale]["image"].values
+                )
+
+
+def test_3d_images():
+    sdata = sd.SpatialData(images={"vol": image_element((4, 30, 40), chunks={"c": 6, "z": 2, "y": 20, "x": 20})})
+    channels = ["marker_03", "marker_00", "marker_04"]
+    _, fsom, mapping = hp.im.flowsom(
+        sdata, "vol", "vc", "vm", n_clusters=3, xdim=4, ydim=4, fraction=0.5, channels=channels, chunks=(6, 3, 16, 32)
+    )
+    assert sdata.labels["vc"].dims == ("z", "y", "x")
+    assert sdata.labels["vm"].shape == (4, 30, 40)
+    assert sdata.labels["vm"].data.chunks == ((3, 1), (16, 14), (32, 8))
+    assert fsom.get_cell_data().obsm["spatial"].shape[1] == 3
+    assert_labels_right(sdata, fsom, mapping, "vol", "vc", "vm", channels)
+
+
 def test_reproducible_whatever_the_chunking(sdata):
     _, fsom, mapping = run(sdata)
     assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters")
