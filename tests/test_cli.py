@@ -163,7 +163,13 @@ def test_existing_output_needs_overwrite(store, capsys):
     assert exc.value.code == 2
     assert "'img0_som_clusters' already exists in sdata; pass overwrite=True" in capsys.readouterr().err
     assert snapshot(store) == before
-    assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "4", "--overwrite", "--quiet"]) == 0
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "4", "--overwrite", "--quiet"]
+    assert main([*argv, "--save-model", str(store.parent / "model.joblib")]) == 0
+    import joblib
+
+    model = joblib.load(store.parent / "model.joblib")
+    assert model.n_clusters_ == 4
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
 
 
 def test_store_errors(tmp_path, capsys):

@@ -129,7 +129,12 @@ def test_mapping_shape(sdata):
     assert mapping.index.name is None
     np.testing.assert_array_equal(mapping.index, np.arange(1, 26))
     np.testing.assert_array_equal(mapping.to_numpy(), fsom.model._y_codes + 1)
-    assert set(mapping) <= {1, 2, 3, 4}
+    assert set(mapping) == {1, 2, 3, 4}
+    # Independent: flowsom's default metaclustering (average linkage) of the returned codes.
+    from sklearn.cluster import AgglomerativeClustering
+
+    expected = AgglomerativeClustering(n_clusters=4, linkage="average").fit_predict(fsom.model.codes)
+    np.testing.assert_array_equal(mapping.to_numpy(), expected + 1)
 
 
 def test_several_images_with_chunks_tuple_and_uint16(sdata):
@@ -359,8 +364,13 @@ def test_batch_model_class(sdata):
 
 
 def test_metacluster_options_are_flowsoms(sdata):
-    _, fsom, _ = run(sdata, linkage="complete")
+    from sklearn.cluster import AgglomerativeClustering
+
+    _, fsom, mapping = run(sdata, linkage="complete")
     assert fsom.model.metacluster_model.linkage == "complete"
+    expected = AgglomerativeClustering(n_clusters=4, linkage="complete").fit_predict(fsom.model.codes)
+    np.testing.assert_array_equal(mapping.to_numpy(), expected + 1)
+    assert_labels_right(sdata, fsom, mapping, "a", "a_clusters", "a_metaclusters")
 
 
 # ----------------------------------------------------------------------------- backed stores, overwrite, client
@@ -391,7 +401,8 @@ def test_backed_written_read_back_lazily_nothing_left(backed, persist_intermedia
 
 
 def test_backed_equals_in_memory(backed, sdata):
-    run(backed, persist_intermediate=False)
+    _, fsom, mapping = run(backed, persist_intermediate=False)
+    assert_labels_right(backed, fsom, mapping, "a", "a_clusters", "a_metaclusters")
     run(sdata)
     np.testing.assert_array_equal(backed["a_clusters"].values, sdata["a_clusters"].values)
 
@@ -406,14 +417,17 @@ def test_overwrite(sdata, backed, use_backed):
         run(target)
     assert "a_clusters" not in target
     assert (target["a_metaclusters"].values == 0).all()
-    run(target, overwrite=True)
-    assert target["a_metaclusters"].values.max() > 0
+    _, fsom, mapping = run(target, overwrite=True)
+    assert_labels_right(target, fsom, mapping, "a", "a_clusters", "a_metaclusters")
     if use_backed:
         reopened = sd.read_zarr(target.path)
-        assert reopened["a_metaclusters"].values.max() > 0
+        assert_labels_right(reopened, fsom, mapping, "a", "a_clusters", "a_metaclusters")
         # Elements read back lazily from the store can be overwritten too (spatialdata refuses a plain overwrite).
-        run(reopened, overwrite=True, n_clusters=3)
-        assert set(np.unique(sd.read_zarr(target.path)["a_metaclusters"].values)) <= {0, 1, 2, 3}
+        _, fsom, mapping = run(reopened, overwrite=True, n_clusters=3, channels=["marker_01", "marker_02"])
+        assert set(mapping) == {1, 2, 3}
+        assert_labels_right(
+            sd.read_zarr(target.path), fsom, mapping, "a", "a_clusters", "a_metaclusters", ["marker_01", "marker_02"]
+        )
 
 
 def test_client_gives_right_and_identical_results(sdata):
