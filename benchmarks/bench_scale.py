@@ -1,13 +1,18 @@
 """Out-of-core benchmark: cluster an image larger than RAM from zarr and write its label images back to zarr.
 
-1. Writes a seeded synthetic multiplexed image (default 40 channels x 8192 x 8192 float32, 10.7 GB) to a zarr
-   store, one tile at a time (never whole in memory).
-2. In a child process (so that its peak RSS is its own): opens the store lazily with dask, fits
+1. Writes a seeded synthetic multiplexed image (default 40 channels x 8192 x 8192 float32, 10.7 GB) as the image
+   element ``"img"`` of a SpatialData zarr store, one tile at a time (never whole in memory; zarr chunks of one
+   channel x ``--tile`` x ``--tile``).
+2. In a child process (so that its peak RSS is its own): opens the image array lazily with dask, fits
    ``PixelFlowSOM(fraction=0.02)`` on it, computes both label images (SOM node and metacluster) and writes them to
    zarr in one pass over the image.
-3. Prints wall times and the child's peak RSS (target: under 3 GB).
+3. In another child process: the drop-in ``pixelflowsom.harpy.im.flowsom`` on the store read back with
+   ``spatialdata.read_zarr`` (zarr-backed), same fraction, number of metaclusters and seed. It also builds the
+   ``flowsom.FlowSOM`` object of the sample and writes both labels elements into the store.
+4. Prints, for both, wall time and peak RSS (``VmHWM``; target: under 2 GB for both).
 
-Run: ``python benchmarks/bench_scale.py`` (``--size 2048`` for a quick run; ``--keep`` keeps the store).
+Run: ``python benchmarks/bench_scale.py`` (``--size 2048`` for a quick run; ``--keep`` keeps the store, which a
+later run with the same ``--dir``, size and channels reuses instead of writing it again).
 """
 
 from __future__ import annotations
@@ -24,32 +29,65 @@ from pathlib import Path
 import numpy as np
 from _memory import peak_rss_gb  # benchmarks/_memory.py (scripts run from their folder)
 
+STORE = "image.sdata.zarr"
+IMAGE = "img"
 
-def write_image(path: Path, size: int, n_channels: int, tile: int, seed: int) -> float:
-    import zarr
 
+def _image_array(path: Path) -> Path:
+    """The zarr array of the image element (single scale) inside the SpatialData store."""
+    return path / STORE / "images" / IMAGE / "s0"
+
+
+def _tile(n_channels: int, tile: int, n_tiles: int, seed: int, block_info=None) -> np.ndarray:
+    """Block function: the synthetic ``(c, tile, tile)`` tile at the block's position (its own tissue layout)."""
     from pixelflowsom._synthetic import make_synthetic_image
 
-    array = zarr.create_array(
-        store=str(path / "image.zarr"),
-        shape=(n_channels, size, size),
-        chunks=(1, tile, tile),
-        dtype="float32",
-        overwrite=True,
+    _, i, j = block_info[None]["chunk-location"]
+    # Same phenotype profiles everywhere (same profile seed), a different tissue layout per tile.
+    image, _ = make_synthetic_image(
+        (tile, tile), n_channels=n_channels, n_phenotypes=8, seed=seed, layout_seed=seed + 1 + i * n_tiles + j
+    )
+    return image.values
+
+
+def write_image(path: Path, size: int, n_channels: int, tile: int, seed: int) -> float:
+    """Write the image element to a new SpatialData store under ``path``; return the seconds it took."""
+    import dask
+    import dask.array as da
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    n_tiles = size // tile
+    tiles = da.map_blocks(
+        _tile,
+        n_channels,
+        tile,
+        n_tiles,
+        seed,
+        chunks=((n_channels,), (tile,) * n_tiles, (tile,) * n_tiles),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+    )
+    element = Image2DModel.parse(
+        tiles.rechunk((1, tile, tile)), dims=("c", "y", "x"), c_coords=[f"marker_{i:02d}" for i in range(n_channels)]
     )
     t0 = time.perf_counter()
-    n_tiles = size // tile
-    for i in range(n_tiles):
-        for j in range(n_tiles):
-            # Same phenotype profiles everywhere (same profile seed), a different tissue layout per tile.
-            image, _ = make_synthetic_image(
-                (tile, tile), n_channels=n_channels, n_phenotypes=8, seed=seed, layout_seed=seed + 1 + i * n_tiles + j
-            )
-            array[:, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = image.values
+    with dask.config.set(scheduler="threads"):
+        sd.SpatialData(images={IMAGE: element}).write(path / STORE, overwrite=True)
     return time.perf_counter() - t0
 
 
+def _existing_shape(path: Path) -> tuple[int, ...] | None:
+    import zarr
+
+    array = _image_array(path)
+    if not array.is_dir():
+        return None
+    return tuple(zarr.open_array(str(array), mode="r").shape)
+
+
 def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
+    """PixelFlowSOM alone: fit on the zarr image, label it and write both label images to zarr."""
     import dask
     import dask.array as da
     import xarray as xr
@@ -58,7 +96,7 @@ def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
     from pixelflowsom import PixelFlowSOM
 
     dask.config.set(scheduler="threads")
-    data = da.from_zarr(str(path / "image.zarr"))
+    data = da.from_zarr(str(_image_array(path)))
     image = xr.DataArray(data, dims=("c", "y", "x"), coords={"c": [f"marker_{i:02d}" for i in range(data.shape[0])]})
     t0 = time.perf_counter()
     model = PixelFlowSOM(n_clusters=n_clusters, fraction=fraction, random_state=0).fit(image)
@@ -79,6 +117,7 @@ def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
     t_label = time.perf_counter() - t1
     check = zarr.open_array(str(path / "metaclusters.zarr"))[:256, :256]
     return {
+        "seconds": t_fit + t_label,
         "fit_s": t_fit,
         "label_and_write_s": t_label,
         "n_samples_fit": model.n_samples_fit_,
@@ -88,6 +127,47 @@ def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
     }
 
 
+def drop_in(path: Path, fraction: float, n_clusters: int) -> dict:
+    """The harpy drop-in on the zarr-backed SpatialData: sample, train, FlowSOM object, both labels elements."""
+    import spatialdata as sd
+
+    import pixelflowsom.harpy as hp
+
+    sdata = sd.read_zarr(path / STORE)
+    t0 = time.perf_counter()
+    sdata, fsom, _ = hp.im.flowsom(
+        sdata,
+        IMAGE,
+        "clusters",
+        "metaclusters",
+        fraction=fraction,
+        n_clusters=n_clusters,
+        random_state=0,
+        overwrite=True,
+    )
+    seconds = time.perf_counter() - t0
+    check = np.asarray(sdata.labels["metaclusters"].data[:256, :256])
+    return {
+        "seconds": seconds,
+        "n_samples_fit": fsom.get_cell_data().n_obs,
+        "label_dtype": str(sdata.labels["metaclusters"].dtype),
+        "metaclusters_in_corner": sorted(int(v) for v in np.unique(check)),
+        "peak_rss_gb": peak_rss_gb(),
+    }
+
+
+def _run_child(mode: str, args) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--dir", str(args.dir)]
+    command += ["--fraction", str(args.fraction), "--n-clusters", str(args.n_clusters)]
+    t0 = time.perf_counter()
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the {mode} child failed:\n{child.stderr[-4000:]}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192)
@@ -95,50 +175,51 @@ def main(argv=None):
     parser.add_argument("--tile", type=int, default=1024, help="zarr chunk size (y and x); channels are chunked by 1")
     parser.add_argument("--fraction", type=float, default=0.02)
     parser.add_argument("--n-clusters", type=int, default=8)
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the stores (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the stores")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the store (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the store (and reuse it in a later run)")
+    parser.add_argument(
+        "--only", choices=("pixelflowsom", "drop-in"), default=None, help="run only one of the two children"
+    )
+    parser.add_argument("--child", choices=("pixelflowsom", "drop-in"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.child:
-        print(json.dumps(cluster(args.dir, args.fraction, args.n_clusters)))
+    if args.child is not None:
+        run = cluster if args.child == "pixelflowsom" else drop_in
+        print(json.dumps(run(args.dir, args.fraction, args.n_clusters)))
         return
-    workdir = args.dir or Path(tempfile.mkdtemp(prefix="pixelflowsom-scale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    reuse = args.dir is not None and _existing_shape(args.dir) == (args.channels, args.size, args.size)
+    args.dir = args.dir or Path(tempfile.mkdtemp(prefix="pixelflowsom-scale-"))
+    args.dir.mkdir(parents=True, exist_ok=True)
     try:
         gb = args.channels * args.size**2 * 4 / 1e9
-        print(f"writing {args.channels} x {args.size} x {args.size} float32 ({gb:.1f} GB) to {workdir} ...", flush=True)
-        t_write = write_image(workdir, args.size, args.channels, args.tile, seed=0)
-        print(f"  written in {t_write:.0f} s", flush=True)
-        t0 = time.perf_counter()
-        child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                "--dir",
-                str(workdir),
-                "--fraction",
-                str(args.fraction),
-                "--n-clusters",
-                str(args.n_clusters),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        wall = time.perf_counter() - t0
-        result = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"fit (fraction {args.fraction}, {result['n_samples_fit']} pixels): {result['fit_s']:.1f} s")
-        print(
-            f"label both images and write them to zarr ({result['label_dtype']}): {result['label_and_write_s']:.1f} s"
-        )
-        print(f"child wall time (incl. start-up): {wall:.1f} s")
-        print(f"peak RSS of the clustering process: {result['peak_rss_gb']:.2f} GB (target < 3 GB; image {gb:.1f} GB)")
-        print(f"metaclusters seen in the top-left 256 x 256 corner: {result['metaclusters_in_corner']}")
+        image = f"{args.channels} x {args.size} x {args.size} float32 ({gb:.1f} GB)"
+        if reuse:
+            print(f"reusing the {image} image in {args.dir / STORE}", flush=True)
+        else:
+            print(f"writing {image} to {args.dir / STORE} ...", flush=True)
+            t_write = write_image(args.dir, args.size, args.channels, args.tile, seed=0)
+            print(f"  written in {t_write:.0f} s", flush=True)
+        results = {}
+        for mode in ("pixelflowsom", "drop-in"):
+            if args.only in (None, mode):
+                results[mode] = _run_child(mode, args)
+        if "pixelflowsom" in results:
+            r = results["pixelflowsom"]
+            print(
+                f"PixelFlowSOM: fit (fraction {args.fraction}, {r['n_samples_fit']} pixels) {r['fit_s']:.1f} s, "
+                f"label both images and write them to zarr ({r['label_dtype']}) {r['label_and_write_s']:.1f} s"
+            )
+        print(f"{'':40s} {'seconds':>8s} {'child wall':>10s} {'peak RSS':>9s}   metaclusters in the top-left 256^2")
+        names = {"pixelflowsom": "PixelFlowSOM fit + label + write", "drop-in": "drop-in pixelflowsom.harpy.im.flowsom"}
+        for mode, r in results.items():
+            print(
+                f"{names[mode]:40s} {r['seconds']:8.1f} {r['wall_s']:10.1f} {r['peak_rss_gb']:7.2f} GB   "
+                f"{r['metaclusters_in_corner']}"
+            )
+        print(f"(peak RSS: VmHWM of each child process, imports included; target < 2 GB; image {gb:.1f} GB)")
     finally:
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(args.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from mudata import MuData
 
-from pixelflowsom.harpy._fsom import build_flowsom
+from pixelflowsom.harpy import _flowsom_object
+from pixelflowsom.harpy._flowsom_object import build_flowsom
 
 XDIM, YDIM, N_CLUSTERS, SEED = 6, 6, 4, 1
 NAMES = ["CD3", "CD8", "CD20", "panCK", "DAPI"]
@@ -201,16 +202,19 @@ def test_label_dtypes_are_flowsom_s(reference):
     assert fsom.get_cluster_data().obs["metaclustering"].dtype == np.int64
 
 
-@pytest.mark.parametrize("case", ["float32", "nan_values", "one_node", "mad_allowed_float"])
-def test_matches_flowsom_derived_values(reference, case):
+@pytest.mark.parametrize("case", ["float32", "nan_values", "channel_blocks", "one_node", "mad_allowed_float"])
+def test_matches_flowsom_derived_values(reference, case, monkeypatch):
     """Edge cases against flowsom's own ``_update_derived_values`` (``FlowSOM.__init__`` minus the training)."""
     ref, X, _, _ = reference
     clustering, metaclustering, distances, _, node_metacluster = _outputs(ref.model)
     mad_allowed = 4
     if case == "float32":
         X = X.astype(np.float32)
-    elif case == "nan_values":
+    elif case in ("nan_values", "channel_blocks"):
         X = X.copy()
+        if case == "channel_blocks":  # contiguous channels, their statistics 2 channels at a time (2, 2, 1)
+            X = np.asfortranarray(X)
+            monkeypatch.setattr(_flowsom_object, "_BLOCK_BYTES", 8 * len(X) * 2)
         X[::7, 1] = np.nan
         X[clustering == clustering[0], 2] = np.nan  # a whole node NaN in one channel
         distances = distances.copy()

@@ -208,8 +208,8 @@ def test_count_above():
 @pytest.mark.parametrize("metaclustering", ["shared", "mixed", "sparse"])
 def test_cluster_stats_of_any_metaclustering(metaclustering, channels_per_block, monkeypatch):
     """``build_flowsom``'s statistics when ``metaclustering`` is not ``node_metacluster[clustering]``."""
-    X, nodes = _table(dtype=np.float32)
-    if channels_per_block is not None:  # the channels copied and reduced a few at a time
+    X, nodes = _table(dtype=np.float32, order="C" if channels_per_block is None else "F")
+    if channels_per_block is not None:  # contiguous channels, copied and reduced a few at a time
         monkeypatch.setattr(_flowsom_object, "_BLOCK_BYTES", 8 * len(X) * channels_per_block)
     rng = np.random.default_rng(5)
     metas = {
