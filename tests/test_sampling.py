@@ -50,7 +50,8 @@ def test_sample_image_values_are_the_pixels_at_coords(dtype, shape):
     np.testing.assert_array_equal(flat, sample_indices(int(np.prod(shape[1:])), 0.3, 5))  # row-major order
 
 
-def test_sample_pixels_reads_all_images_in_one_computation(monkeypatch):
+@pytest.mark.parametrize("batch_bytes", [64 * 2**20, 2000])
+def test_sample_pixels_reads_images_in_few_computations(monkeypatch, batch_bytes):
     import dask
     import xarray as xr
 
@@ -70,8 +71,10 @@ def test_sample_pixels_reads_all_images_in_one_computation(monkeypatch):
         return compute(*args, **kwargs)
 
     monkeypatch.setattr(dask, "compute", counting)
+    monkeypatch.setattr(_sampling, "_BATCH_BYTES", batch_bytes)  # 5 images of 200 sampled pixels x 3 x 8 bytes
     sample = sample_pixels(images, 0.1, channels=["c", "a"], random_state=0)
-    assert len(calls) == 1
+    # One computation for all images; with small batches, several, none returning much more than a batch.
+    assert len(calls) == 1 if batch_bytes > 1e6 else 2 <= len(calls) <= 5 * 200 * 3 * 8 // batch_bytes + 1
     for i, array in enumerate(arrays):
         rows = sample.image_index == i
         y, x = sample.coords[rows].T

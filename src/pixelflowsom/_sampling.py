@@ -123,26 +123,44 @@ def sample_image(image, fraction: float, seed):
     return _sample_images([image], fraction, [seed])[0]
 
 
+#: Bytes of sampled values one dask computation of :func:`_sample_images` returns at most (beyond one block).
+_BATCH_BYTES = 64 * 2**20
+
+
 def _sample_images(images, fraction, seeds):
-    """:func:`sample_image` of every image, the chunk reads of all of them in one dask computation."""
+    """:func:`sample_image` of every image.
+
+    The chunk reads of all images run in a few dask computations, each returning at most about ``_BATCH_BYTES`` of
+    sampled values, which are scattered into place before the next one starts: the results of all chunks are never
+    held at once beside the sample (for a 1.34M x 40 sample, 430 MB).
+    """
     import dask
 
     plans = [_plan(image, fraction, seed) for image, seed in zip(images, seeds, strict=True)]
-    tasks = [task for plan in plans for task in plan[2]]
-    results = iter(dask.compute(*tasks)) if tasks else iter(())
-    out = []
-    for values, coords, plan_tasks, positions in plans:
-        for rows, _ in zip(positions, plan_tasks, strict=True):
-            _scatter_columns(values, rows, next(results))
-        out.append((values.T, coords))
-    return out
+    batches, batch, size = [], [], 0
+    for values, _, groups in plans:
+        for rows, tasks in groups:
+            batch.append((values, rows, tasks))
+            size += 8 * len(rows) * values.shape[0]
+            if size >= _BATCH_BYTES:
+                batches.append(batch)
+                batch, size = [], 0
+    batches.append(batch)
+    for batch in batches:
+        results = iter(dask.compute(*[task for _, _, tasks in batch for _, _, task in tasks]))
+        for values, rows, tasks in batch:
+            for c0, c1, _ in tasks:
+                _scatter_columns(values[c0:c1], rows, next(results))
+    return [(values.T, coords) for values, coords, _ in plans]
 
 
 def _plan(image, fraction, seed):
-    """Draw the pixels of one image; return ``(values, coords, tasks, positions)``.
+    """Draw the pixels of one image; return ``(values, coords, groups)``.
 
-    ``values`` is the ``(c, m)`` float64 output, filled already for a numpy-backed image; otherwise every task (a
-    ``Delayed``) reads one chunk and returns the values of its sampled pixels, for the columns ``positions[i]``.
+    ``values`` is the ``(c, m)`` float64 output, filled already for a numpy-backed image; otherwise ``groups`` holds,
+    for every spatial block with sampled pixels, the columns ``rows`` of its pixels and one task per chunk of the
+    channel axis, ``(c0, c1, task)``: the task (a ``Delayed``) reads that chunk as stored (the channel axis is not
+    rechunked, so that a task holds one stored chunk) and returns the values of channels ``c0:c1`` of the pixels.
     """
     import dask
     import dask.array as da
@@ -152,25 +170,28 @@ def _plan(image, fraction, seed):
     flat = sample_indices(int(np.prod(shape)), fraction, seed)
     coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
     if not isinstance(data, da.Array):
-        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))), coords, [], []
+        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))), coords, []
 
     values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
-    data = data.rechunk({0: -1})
+    channel_bounds = np.cumsum((0, *data.chunks[0]))
     starts = [np.cumsum((0, *chunks)) for chunks in data.chunks[1:]]
     block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
     block_id = np.ravel_multi_index(block_of.T, data.numblocks[1:])
     order = np.argsort(block_id, kind="stable")
     bounds = np.flatnonzero(np.diff(block_id[order])) + 1
     delayed_blocks = data.to_delayed()
-    tasks, positions = [], []
+    groups = []
     for rows in np.split(order, bounds):
         if len(rows) == 0:
             continue
         b = tuple(block_of[rows[0]])
-        local = np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T)
-        tasks.append(dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(0, *b)], tuple(local)))
-        positions.append(rows)
-    return values, coords, tasks, positions
+        local = tuple(np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T))
+        tasks = [
+            (c0, c1, dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(ci, *b)], local))
+            for ci, (c0, c1) in enumerate(zip(channel_bounds[:-1], channel_bounds[1:], strict=True))
+        ]
+        groups.append((rows, tasks))
+    return values, coords, groups
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,8 +252,8 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
 
     Every image, in the order given, gets its own seed, derived from ``random_state`` and its position, and its
     draw does not depend on how it is chunked; sampled pixels with a NaN (or infinite) value in a selected channel
-    are then dropped. Only the chunks holding sampled pixels are read, each once, in one dask computation for all
-    images.
+    are then dropped. Only the chunks holding sampled pixels are read, each once, in a few dask computations over
+    all images (each returning at most about 64 MB of values, so that memory stays the sample's plus a few chunks).
 
     Parameters
     ----------
