@@ -54,13 +54,173 @@ def test_online_som_matches_numpy_reference(xdim, ydim):
         assert n_iter == 3
 
 
-def test_online_som_does_not_modify_inputs():
+def reference_train_online(sample, xdim, ydim, rlen, mst, alpha, rs):
+    """``train_som(..., som="online")`` rebuilt from the numpy reference: grid phase, then MST phases."""
+    codes = sample[rs.choice(sample.shape[0], size=xdim * ydim, replace=False)]
+    nhbrdist = _som.grid_distances(xdim, ydim)
+    for phase, (radii, alphas) in enumerate(_som.radius_alpha_schedule(nhbrdist, alpha, mst)):
+        if phase > 0:
+            nhbrdist = _som.mst_distances(codes)
+        codes = reference_online_som(sample, codes, nhbrdist, rlen, alphas, radii, rs)
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("xdim", "ydim", "p", "f32_data"),
+    [
+        (3, 4, 1, False),  # one channel
+        (4, 3, 3, True),  # p not a multiple of 4; float32-exact data (read from a float32 copy)
+        (3, 3, 5, False),
+        (2, 5, 7, True),
+        (3, 4, 9, False),  # p not a multiple of 4 or 8 (numpy sums 8 or more values pairwise: same winners here)
+        (4, 4, 13, True),
+        (1, 1, 2, False),  # a single node
+        (1, 9, 3, False),  # grid 1 x N
+        (9, 1, 3, True),  # grid N x 1
+        (2, 80, 3, False),  # wide grid: narrow windows are updated row by row
+    ],
+)
+def test_online_som_matches_numpy_reference_shapes(xdim, ydim, p, f32_data):
+    X, _ = make_blobs(n=max(120, xdim * ydim + 40), p=p, seed=xdim * 100 + ydim + p)
+    if f32_data:
+        X = X.astype(np.float32).astype(np.float64)
+    nh = _som.grid_distances(xdim, ydim)
+    (radii, alphas) = _som.radius_alpha_schedule(nh, (0.05, 0.01), 1)[0]
+    codes0 = X[check_random_state(0).choice(len(X), xdim * ydim, replace=False)]
+    expected = reference_online_som(X, codes0, nh, 2, alphas, radii, check_random_state(1))
+    for ydim_arg in (ydim, 0):
+        got, n_iter = _som.online_som(X, codes0, nh, 2, alphas, radii, check_random_state(1), ydim=ydim_arg)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        assert n_iter == 2
+
+
+@pytest.mark.parametrize(("xdim", "ydim"), [(3, 4), (1, 3), (1, 2), (1, 1)])
+def test_online_som_float64_only_search_matches_reference(xdim, ydim):
+    # Learning rates above 1 leave no bound on the codes' norms: every update then searches in float64 only.
+    X, _ = make_blobs(n=100, p=5, seed=3)
+    nh = _som.grid_distances(xdim, ydim)
+    codes0 = X[check_random_state(0).choice(len(X), xdim * ydim, replace=False)]
+    expected = reference_online_som(X, codes0, nh, 2, (1.5, 1.2), (2.0, 0.0), check_random_state(1))
+    for ydim_arg in (ydim, 0):
+        got, _ = _som.online_som(X, codes0, nh, 2, (1.5, 1.2), (2.0, 0.0), check_random_state(1), ydim=ydim_arg)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_train_som_mst_phases_match_numpy_reference(seed):
+    X, _ = make_blobs(n=150, p=4, seed=seed)
+    got, n_iter = _som.train_som(
+        X, 3, 4, rlen=2, mst=2, alpha=(0.05, 0.01), som="online", random_state=check_random_state(seed)
+    )
+    expected = reference_train_online(X, 3, 4, 2, 2, (0.05, 0.01), check_random_state(seed))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert n_iter == 4
+
+
+def float32_winners_differ(X, codes):
+    """How many rows of ``X`` have a float32 nearest code other than the float64 one."""
+    d64 = ((X[:, None, :] - codes[None]) ** 2).sum(axis=2)
+    X32, c32 = X.astype(np.float32), codes.astype(np.float32)
+    d32 = ((X32[:, None, :] - c32[None]) ** 2).sum(axis=2, dtype=np.float32)
+    return int((d32.argmin(axis=1) != d64.argmin(axis=1)).sum())
+
+
+def squared_distances(X, codes, dtype):
+    """Squared distances in ``dtype``, the differences squared and summed in channel order (as the kernels)."""
+    X, codes = X.astype(dtype), codes.astype(dtype)
+    total = np.zeros((len(X), len(codes)), dtype)
+    for j in range(X.shape[1]):
+        d = X[:, j, None] - codes[None, :, j]
+        total = total + d * d
+    return total
+
+
+@pytest.mark.parametrize(
+    ("offset", "spread"),
+    [(0.0, 1.0), (1e4, 1e-3), (1e6, 1.0), (-50.0, 100.0), (3.0, 1e-7), (0.0, 1e-20)],
+)
+def test_candidate_limit_contains_every_float64_winner(offset, spread):
+    # The float32 search keeps the nodes below _candidate_limit(float32 minimum): the float64 winners (all nodes at
+    # the smallest float64 distance) must always be among them, whatever the magnitude of the data (down to float32
+    # underflow) and however close the codes.
+    rng = np.random.default_rng(0)
+    p = 7
+    codes = offset + spread * rng.normal(size=(40, p))
+    codes[10:20] = codes[:10] * (1 + rng.normal(0, 1e-8, size=(10, p)))  # near-duplicates
+    codes[20:25] = codes[:5]  # duplicates
+    X = np.concatenate([offset + spread * rng.normal(size=(2000, p)), codes[:25] + spread * 1e-6])
+    constants = _som._bound_constants(p, _som._code_scale(X, codes, (0.05, 0.01), 1))
+    d32 = squared_distances(X, codes, np.float32)
+    d64 = squared_distances(X, codes, np.float64)
+    for row32, row64 in zip(d32, d64, strict=True):
+        limit = _som._candidate_limit(float(row32.min()), constants)
+        assert (row32[row64 == row64.min()] <= limit).all()
+        nearest, second = np.sort(row64)[:2]
+        if abs(offset) <= 100 * spread and second - nearest > 1e-4 * (nearest + spread**2):
+            # A clear winner, and data that float32 resolves well: the only candidate.
+            assert (row32 <= limit).sum() == 1
+
+
+def test_online_som_near_ties_resolved_in_float64():
+    # Codes and pixels far from the origin that differ in the 7th-8th digit: float32 distances cannot order them
+    # (every node is a candidate), the float64 recheck must pick the reference's winner every time.
+    rng = np.random.default_rng(0)
+    codes0 = 1e4 + rng.normal(0, 1e-3, size=(12, 6))
+    X = 1e4 + rng.normal(0, 1e-3, size=(200, 6))
+    assert float32_winners_differ(X, codes0) > 50
+    nh = _som.grid_distances(3, 4)
+    for ydim_arg in (4, 0):
+        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(1), ydim=ydim_arg)
+        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(1))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_online_som_near_duplicate_codes():
+    # Well separated codes, each with near-copies that differ in the 8th digit: two or three candidates per update.
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(0, 10, size=(4, 5))
+    codes0 = np.repeat(centres, 3, axis=0) * (1 + rng.normal(0, 1e-8, size=(12, 5)))
+    X = np.repeat(centres, 50, axis=0) + rng.normal(0, 1e-7, size=(200, 5))
+    assert float32_winners_differ(X, codes0) > 20
+    nh = _som.grid_distances(3, 4)
+    for ydim_arg in (4, 0):
+        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (0.5, 0.5), check_random_state(2), ydim=ydim_arg)
+        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), (0.5, 0.5), check_random_state(2))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_online_som_exact_ties_go_to_lowest_node():
+    # Integer data and codes: distances are exact and ties are real. Nodes 3 and 7 are the same code; a sample
+    # equidistant from both must move node 3 (radius below 1: only the winner moves) and leave node 7 alone.
+    codes0 = np.full((12, 4), 10.0)
+    codes0[3] = codes0[7] = 1.0
+    X = np.zeros((1, 4))
+    nh = _som.grid_distances(3, 4)
+    for ydim_arg in (4, 0):
+        got, _ = _som.online_som(X, codes0, nh, 1, (0.5, 0.5), (0.5, 0.5), check_random_state(0), ydim=ydim_arg)
+        np.testing.assert_array_equal(got[3], 0.5)
+        np.testing.assert_array_equal(np.delete(got, 3, axis=0), np.delete(codes0, 3, axis=0))
+    # And over a whole training run on integer data with duplicated codes, the reference's winners every time.
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 3, size=(300, 4)).astype(float)
+    codes0 = rng.integers(0, 3, size=(12, 4)).astype(float)
+    codes0[7] = codes0[3]
+    codes0[11] = codes0[3]
+    for ydim_arg in (4, 0):
+        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(3), ydim=ydim_arg)
+        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(3))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ydim", [3, 0])
+def test_online_som_does_not_modify_inputs(ydim):
     X, _ = make_blobs(n=50, p=3)
     codes0 = X[:9].copy()
     nh = _som.grid_distances(3, 3)
-    before = codes0.copy()
-    _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(0), ydim=3)
-    np.testing.assert_array_equal(codes0, before)
+    before = codes0.copy(), X.copy(), nh.copy()
+    _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(0), ydim=ydim)
+    for array, copy in zip((codes0, X, nh), before, strict=True):
+        np.testing.assert_array_equal(array, copy)
 
 
 def test_online_som_stops_when_codes_stop_changing():
