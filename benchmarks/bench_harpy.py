@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 from _memory import peak_rss_gb  # benchmarks/_memory.py (scripts run from their folder)
 
+#: harpy, then the drop-in with its default SOM (FlowSOM's online SOM), the hybrid SOM and the batch SOM.
+IMPLEMENTATIONS = ("harpy", "pixelflowsom", "pixelflowsom-hybrid", "pixelflowsom-batch")
+
 
 def current_rss_gb() -> float:
     with open("/proc/self/statm") as f:
@@ -45,7 +48,8 @@ def child(impl: str, data: Path, n_clusters: int, fraction: float) -> dict:
     else:
         import pixelflowsom.harpy as hp
 
-        options["som"] = impl.split("-")[1]  # pixelflowsom-online / pixelflowsom-batch
+        if impl != "pixelflowsom":  # the drop-in's default SOM (online), else pixelflowsom-hybrid / -batch
+            options["som"] = impl.split("-")[1]
 
     image = np.load(data / "image.npy")
     truth = np.load(data / "truth.npy")
@@ -108,7 +112,7 @@ def main(argv=None):
             np.save(data / "truth.npy", truth.astype(np.uint8))
             del image, truth
             results = {}
-            for impl in ("harpy", "pixelflowsom-online", "pixelflowsom-batch"):
+            for impl in IMPLEMENTATIONS:
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -138,7 +142,7 @@ def main(argv=None):
                 f"(+{r['call_rss_gb']:.2f} GB in the call)   ARI {r['ari']:.3f}   "
                 f"{r['n_sampled']} sampled pixels, labels {r['dtype']}"
             )
-        for name in ("pixelflowsom-online", "pixelflowsom-batch"):
+        for name in IMPLEMENTATIONS[1:]:
             p = results[name]
             print(
                 f"  {name} / harpy: speed-up x{h['seconds'] / p['seconds']:.1f}   peak RSS ratio "

@@ -22,6 +22,7 @@ from .conftest import make_blobs, nearest_reference
         PixelFlowSOM(),
         PixelFlowSOM(n_clusters=2, xdim=3, ydim=3),
         PixelFlowSOM(n_clusters=3, xdim=4, ydim=4, som="batch", mst=2),
+        PixelFlowSOM(n_clusters=2, xdim=3, ydim=2, som="online"),
         PixelFlowSOM(n_clusters="auto", xdim=3, ydim=3, max_clusters=5),
         ConsensusClustering(n_resamples=10),
     ]
@@ -36,7 +37,7 @@ def small_model(**kwargs):
     return PixelFlowSOM(**{**params, **kwargs})
 
 
-@pytest.mark.parametrize("som", ["online", "batch"])
+@pytest.mark.parametrize("som", ["hybrid", "online", "batch"])
 @pytest.mark.parametrize("mst", [1, 2])
 def test_recovers_separated_clusters(blobs, som, mst):
     X, y = blobs
@@ -48,7 +49,7 @@ def test_recovers_separated_clusters(blobs, som, mst):
     np.testing.assert_array_equal(model.grid_, [(x, y) for x in range(5) for y in range(5)])
     assert model.n_samples_fit_ == int(0.5 * len(X))
     assert 0 < model.quantization_error_ < 1
-    assert 1 <= model.n_iter_ <= 10 * mst
+    assert 1 <= model.n_iter_ <= 10 * mst + (3 if som == "hybrid" else 0)
 
 
 def test_labels_equal_float64_nearest_node(blobs):

@@ -495,7 +495,7 @@ def test_mixed_dimensionality_and_all_nan_errors(sdata):
     assert not any(name.startswith(("c1", "m1", "a_")) for _, name, _ in sdata.gen_elements())
 
 
-@pytest.mark.parametrize("som", ["online", "batch"])
+@pytest.mark.parametrize("som", ["hybrid", "online", "batch"])
 def test_som_algorithm_option(sdata, som):
     _, fsom, mapping = run(sdata, som=som, channels=["marker_02", "marker_00"])
     assert fsom.model.cluster_model.som == som

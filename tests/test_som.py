@@ -295,3 +295,38 @@ def test_batch_som_quantization_error_close_to_online():
         return nearest_nodes(X, codes, return_distances=True)[1].mean()
 
     assert qe(batch) <= 1.05 * qe(online)
+
+
+@pytest.mark.parametrize("mst", [1, 2])
+def test_hybrid_is_batch_then_winner_only_online_passes(mst):
+    """The hybrid SOM, step by step: FlowSOM's initial codes, the batch phases, then the online winner-only passes."""
+    X, _ = make_blobs(n=400, p=5, seed=mst)
+    X = X.astype(np.float32).astype(np.float64)
+    got, n_iter = _som.train_som(
+        X, 4, 3, rlen=3, mst=mst, alpha=(0.05, 0.01), som="hybrid", random_state=check_random_state(7)
+    )
+    rs = check_random_state(7)
+    codes = X[rs.choice(len(X), size=12, replace=False)]
+    nh = _som.grid_distances(4, 3)
+    for phase, (radii, _) in enumerate(_som.radius_alpha_schedule(nh, (0.05, 0.01), mst)):
+        if phase > 0:
+            nh = _som.mst_distances(codes)
+        codes, _ = _som.batch_som(X, codes, nh, 3, radii)
+    # Winner-only online updates (the numpy reference of C_SOM) with the learning rate from 2 * 0.01 to 0.01.
+    expected = reference_online_som(X, codes, nh, _som.HYBRID_PASSES, (0.02, 0.01), (0.5, 0.0), rs)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert n_iter <= 3 * mst + _som.HYBRID_PASSES
+
+
+def test_hybrid_quantization_error_at_most_the_online_soms():
+    X, _ = make_blobs(n=20_000, p=10, n_centers=8, spread=0.3, seed=5)
+
+    def qe(som):
+        codes, _ = _som.train_som(
+            X, 10, 10, rlen=10, mst=1, alpha=(0.05, 0.01), som=som, random_state=check_random_state(0)
+        )
+        return nearest_nodes(X, codes, return_distances=True)[1].mean()
+
+    online, hybrid, batch = qe("online"), qe("hybrid"), qe("batch")
+    assert hybrid <= online
+    assert hybrid < batch

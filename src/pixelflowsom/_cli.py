@@ -8,8 +8,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-#: The SOM algorithm of ``cluster`` and ``demo`` (the drop-in's default: see benchmarks/bench_real.py).
-DEFAULT_SOM = "batch"
 #: Errors that mean "the arguments, the store, an image or a channel are wrong": exit code 2, one line.
 _USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 
@@ -204,11 +202,12 @@ def _train(args, sdata, store, images):
         xdim=args.xdim,
         ydim=args.ydim,
         fraction=args.fraction,
-        som=args.som,
         channels=_parse_channels(args.channels),
         chunks=_spatial_chunks(args.chunks, arrays[0].ndim),
         random_state=args.seed,
     )
+    if args.som is not None:
+        model.set_params(som=args.som)
     sample = model.training_sample(arrays)  # checks parameters, images and channels before reading a pixel
     model.fit(sample)
     return model, sample, arrays
@@ -246,7 +245,7 @@ def _demo(args) -> int:
         max_clusters=None,
         xdim=10,
         ydim=10,
-        som=DEFAULT_SOM,
+        som=None,
         channels=None,
         chunks=None,
         scheduler="threads",
@@ -382,9 +381,9 @@ def _add_common(parser, *, training):
         parser.add_argument("--seed", type=int, default=100, help="random seed (default: 100, as harpy)")
         parser.add_argument(
             "--som",
-            choices=("online", "batch"),
-            default=DEFAULT_SOM,
-            help=f"SOM algorithm: FlowSOM's online SOM or the batch SOM (default: {DEFAULT_SOM})",
+            choices=("online", "hybrid", "batch"),
+            help="SOM algorithm: FlowSOM's online SOM (the default), the batch SOM finished by online passes, or the "
+            "batch SOM",
         )
         parser.add_argument("--save-model", metavar="FILE", help="save the fitted model (joblib), for `apply`")
 

@@ -80,10 +80,15 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     fraction : float, default=0.1
         Fraction of the rows (pixels) to train on, in (0, 1]: ``int(fraction * n_rows)`` rows are drawn without
         replacement.
-    som : {"online", "batch"} or estimator, default="online"
+    som : {"online", "hybrid", "batch"} or estimator, default="online"
         SOM training algorithm. ``"online"`` is FlowSOM's single-sample SOM. ``"batch"`` runs ``rlen`` epochs of the
         batch SOM (every epoch assigns the whole sample with the matrix-multiply kernel and moves each code to the
-        mean of the samples won by its grid neighbourhood): much faster on large samples. An estimator with
+        mean of the samples won by its grid neighbourhood): much faster on large samples, but a higher quantization
+        error on real tissue (5-9% above the online SOM's on the images of ``benchmarks/bench_real.py``).
+        ``"hybrid"``: the batch SOM, then three passes of the online SOM in its final regime, where only the winning
+        node moves (learning rate from ``2 * alpha[1]`` to ``alpha[1]``): a lower quantization error than the online
+        SOM's on the real images, at about a third of its training time, but metaclusters a little less stable across
+        seeds on one of them (see ``docs/performance.md``). An estimator with
         ``flowsom``'s cluster-model interface (``fit(X)``, then a ``codes`` attribute of shape
         ``(xdim * ydim, n_features)``), e.g. ``flowsom.models.SOMEstimator()``, trains the SOM instead: it is cloned,
         its parameters ``xdim``, ``ydim``, ``rlen``, ``mst`` and ``alpha`` (those it has) are set to this
@@ -217,7 +222,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         "mst": [Interval(Integral, 1, None, closed="left")],
         "alpha": ["array-like"],
         "fraction": [Interval(Real, 0, 1, closed="right")],
-        "som": [StrOptions({"online", "batch"}), HasMethods(["fit"])],
+        "som": [StrOptions({"online", "batch", "hybrid"}), HasMethods(["fit"])],
         "metaclustering": [HasMethods(["fit_predict"]), None],
         "channels": [str, Integral, "array-like", None],
         "chunks": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), tuple, None],

@@ -622,6 +622,11 @@ def batch_som(data, codes, nhbrdist, rlen, radii, n_threads=None):
     return codes, rlen
 
 
+#: Online passes that finish the hybrid SOM (see :func:`train_som`): on the real images of benchmarks/bench_real.py,
+#: 3 gave a lower quantization error than the online SOM on both images, 2 on both, 1 on neither.
+HYBRID_PASSES = 3
+
+
 def train_som(sample, xdim, ydim, *, rlen, mst, alpha, som, random_state):
     """Train a ``xdim`` x ``ydim`` SOM on ``sample``: FlowSOM's initialisation, then ``mst`` phases.
 
@@ -634,7 +639,12 @@ def train_som(sample, xdim, ydim, *, rlen, mst, alpha, som, random_state):
     rlen, mst, alpha
         FlowSOM's passes per phase, number of phases and learning-rate schedule.
     som
-        ``"online"`` (:func:`online_som`) or ``"batch"`` (:func:`batch_som`).
+        ``"online"`` (:func:`online_som`), ``"batch"`` (:func:`batch_som`) or ``"hybrid"``: the batch SOM, then
+        ``HYBRID_PASSES`` passes of the online SOM in its final regime, where only the winner moves (radius below 1),
+        with the learning rate decaying from ``2 * alpha[1]`` to ``alpha[1]``. The online SOM spends the end of its
+        schedule in that regime (the last ``1 / radius[0]`` of its updates, ``alpha`` near ``alpha[1]``); the batch
+        SOM replaces the neighbourhood phase before it, where most of the online SOM's time goes (every update moves
+        a large window of nodes).
     random_state
         A :class:`numpy.random.RandomState` (initial codes, then the online updates).
 
@@ -643,7 +653,7 @@ def train_som(sample, xdim, ydim, *, rlen, mst, alpha, som, random_state):
     codes : numpy.ndarray
         ``(xdim * ydim, p)`` trained codes.
     n_iter : int
-        Passes (online) or epochs (batch) run, summed over the phases.
+        Passes (online) or epochs (batch) run, summed over the phases (and the hybrid's final passes).
 
     Notes
     -----
@@ -662,5 +672,12 @@ def train_som(sample, xdim, ydim, *, rlen, mst, alpha, som, random_state):
             codes, it = online_som(sample, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=ydim_arg)
         else:
             codes, it = batch_som(sample, codes, nhbrdist, rlen, radii)
+        n_iter += it
+    if som == "hybrid":
+        # Radius 0.5: only the winner moves, whatever the neighbourhood distances.
+        winner_only = (0.5, 0.0)
+        codes, it = online_som(
+            sample, codes, nhbrdist, HYBRID_PASSES, (2 * alpha[1], alpha[1]), winner_only, random_state, ydim=0
+        )
         n_iter += it
     return codes, n_iter

@@ -124,9 +124,16 @@ def flowsom(
         ``alpha``, ``mad_allowed``, ``model`` (a ``flowsom.models.BaseFlowSOMEstimator`` subclass: training then
         uses that class) and options of its cluster and metacluster models. Without ``model``, the cluster model is
         pixelflowsom's SOM (``fsom.model.cluster_model`` is a :class:`~pixelflowsom.harpy._model.PixelSOMEstimator`)
-        and its option ``som`` chooses the algorithm: ``"batch"`` (the default: pixelflowsom's batch SOM, with
-        FlowSOM's grid, neighbourhood and radius schedule; the speed of this call rests on it) or ``"online"``
-        (FlowSOM's online SOM, exactly as R FlowSOM runs it, on pixelflowsom's kernels: about 3x slower here).
+        and its option ``som`` chooses the algorithm, as :class:`~pixelflowsom.PixelFlowSOM`'s ``som``:
+        ``"online"`` (the default: FlowSOM's online SOM, exactly as R FlowSOM runs it, on pixelflowsom's kernels),
+        ``"hybrid"`` (pixelflowsom's batch SOM with FlowSOM's grid, neighbourhood and radius schedule, finished by
+        three passes of FlowSOM's online updates in their final, winner-only regime) or ``"batch"`` (the batch SOM
+        alone). The default was chosen on the real images of ``benchmarks/bench_real.py`` (MIBI-TOF and CODEX,
+        lineage channels, fraction 0.1, 10 x 10, 12 metaclusters): the batch SOM's quantization error is 5-11%
+        above harpy's on all of them; the hybrid's is below harpy's on all of them, 1.4-1.7x faster on large images,
+        but its metaclusters were less stable across seeds on the MIBI image (mean pairwise ARI 0.384 against
+        harpy's 0.436 over 20 seeds); the online SOM is harpy's algorithm, its quality harpy's (see
+        ``docs/performance.md``).
         ``model=flowsom.models.FlowSOMEstimator`` trains with flowsom's own code. **Improved**: an unknown keyword
         raises ``TypeError``.
 

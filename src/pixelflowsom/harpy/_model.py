@@ -26,8 +26,6 @@ from pixelflowsom._nearest import nearest_nodes
 FLOWSOM_KEYWORDS = ("xdim", "ydim", "rlen", "mst", "alpha", "mad_allowed", "model", "max_clusters")
 #: Cluster-model options pixelflowsom's SOM implements; any other option of the cluster model trains with flowsom.
 _FAST_SOM_KEYWORDS = {"xdim", "ydim", "rlen", "mst", "alpha", "seed", "som"}
-#: The SOM algorithm of the drop-in when the call does not choose one (``som=`` or ``model=``).
-DEFAULT_SOM = "batch"
 #: FlowSOM's defaults of the SOM parameters.
 _SOM_DEFAULTS = {"xdim": 10, "ydim": 10, "rlen": 10, "mst": 1, "alpha": (0.05, 0.01)}
 
@@ -39,8 +37,8 @@ class PixelSOMEstimator(BaseClusterEstimator):
     ----------
     xdim, ydim, rlen, mst, alpha, seed
         As ``flowsom.models.SOMEstimator`` (``seed`` is the random state).
-    som : {"batch", "online"}, default="batch"
-        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som``.
+    som : {"hybrid", "online", "batch"} or None, default=None
+        The SOM algorithm, as :class:`pixelflowsom.PixelFlowSOM`'s ``som``; ``None`` is its default.
 
     Attributes
     ----------
@@ -57,7 +55,7 @@ class PixelSOMEstimator(BaseClusterEstimator):
     reads them from there. pixelflowsom's own labelling never calls it.
     """
 
-    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som=DEFAULT_SOM):
+    def __init__(self, xdim=10, ydim=10, rlen=10, mst=1, alpha=(0.05, 0.01), seed=None, som=None):
         super().__init__()
         self.xdim = xdim
         self.ydim = ydim
@@ -77,9 +75,11 @@ class PixelSOMEstimator(BaseClusterEstimator):
             mst=self.mst,
             alpha=self.alpha,
             fraction=1.0,
-            som=self.som,
             random_state=self.seed,
-        ).fit(X)
+        )
+        if self.som is not None:
+            model.set_params(som=self.som)
+        model.fit(X)
         self.codes = model.codes_
         self._is_fitted = True
         self.predict(X)
@@ -112,7 +112,7 @@ class FlowSOMOptions:
     rlen: int
     mst: int
     alpha: tuple
-    som: object  #: "batch", "online", or an unfitted flowsom cluster model
+    som: object  #: "hybrid", "online", "batch", or an unfitted flowsom cluster model
     metaclustering: object  #: an unfitted flowsom metacluster model with n_clusters
     mad_allowed: object
     max_clusters: object  #: pixelflowsom's max_clusters, for n_clusters="auto"
@@ -220,7 +220,7 @@ def flowsom_options(kwargs: dict, n_clusters, random_state) -> FlowSOMOptions:
         params |= {k: v for k, v in cluster_options.items() if k != "som"}
         som = model_class(**params).cluster_model
     else:
-        som = cluster_options.get("som", DEFAULT_SOM)
+        som = cluster_options.get("som", PixelFlowSOM().som)  # the estimator's default
     metacluster_class = inspect.signature(model_class).parameters["metacluster_model"].default
     return FlowSOMOptions(
         model_class=model_class,
@@ -233,4 +233,4 @@ def flowsom_options(kwargs: dict, n_clusters, random_state) -> FlowSOMOptions:
     )
 
 
-__all__ = ["DEFAULT_SOM", "FlowSOMOptions", "PixelSOMEstimator", "flowsom_options"]
+__all__ = ["FlowSOMOptions", "PixelSOMEstimator", "flowsom_options"]
