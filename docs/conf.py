@@ -60,6 +60,7 @@ numpydoc_xref_aliases = {
     "scalar": "numpy.generic",
     # numpydoc does not split "(n_features_in_,)" at the comma; the trailing "_" would make it a reST link target.
     "n_features_in_,": "n_features_in_",
+    "n_samples_fit_,": "n_samples_fit_",
 }
 # Validate the docstrings of everything documented; a failed check is a warning, hence an error with -W. The
 # exceptions are scikit-learn's conventions: named return values (RT02), no extended summary, See Also or Examples

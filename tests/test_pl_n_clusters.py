@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import dataclasses
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -127,4 +129,4 @@ def test_bad_choice(elbow):
     with pytest.raises(TypeError, match="choice must be what pixelflowsom's choose_n_clusters returns"):
         pl.n_clusters_criterion({"n_clusters": 3})
     with pytest.raises(ValueError, match="no 'wss_smoothed' column"):
-        pl.n_clusters_criterion(elbow._replace(criterion=elbow.criterion.drop(columns="wss_smoothed")))
+        pl.n_clusters_criterion(dataclasses.replace(elbow, criterion=elbow.criterion.drop(columns="wss_smoothed")))

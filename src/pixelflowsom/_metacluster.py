@@ -15,8 +15,8 @@ CDF.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -157,10 +157,11 @@ _DELTA_AREA_THRESHOLD = 0.02
 _PAC_BINS = (10, 90)
 
 
-class NClustersChoice(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class NClustersChoice:
     """The number of metaclusters :func:`choose_n_clusters` chose, and the evidence it chose it on.
 
-    Attributes
+    Parameters
     ----------
     n_clusters : int
         The chosen number of clusters ``k``.

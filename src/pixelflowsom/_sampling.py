@@ -204,17 +204,17 @@ class PixelSample:
 
     Parameters
     ----------
-    values
-        ``(n, p)`` float64 values of the sampled pixels in the selected channels, finite (the transpose of a
+    values : ndarray of shape (n, p)
+        The float64 values of the sampled pixels in the selected channels, finite (the transpose of a
         C-contiguous ``(p, n)`` array: channel-major, as the SOM kernels read it).
-    coords
-        ``(n, ndim)`` int64 array indices ``([z,] y, x)`` of every pixel in its image.
-    image_index
-        ``(n,)`` int64 position of every pixel's image in the list; the rows are ordered by image, then by position
+    coords : ndarray of shape (n, ndim)
+        The int64 array indices ``([z,] y, x)`` of every pixel in its image.
+    image_index : ndarray of shape (n,)
+        The int64 position of every pixel's image in the list; the rows are ordered by image, then by position
         in the image (row-major).
-    channels
+    channels : list
         The ``p`` channel labels, as selected from the images' ``c`` coordinate.
-    n_images
+    n_images : int
         Number of images sampled (some may contribute no pixel).
     """
 
@@ -242,7 +242,14 @@ class PixelSample:
         return self.values.shape[0]
 
     def coords_by_image(self) -> list[np.ndarray]:
-        """Split :attr:`coords` by image: one ``(m_i, ndim)`` array per image."""
+        """Split :attr:`coords` by image.
+
+        Returns
+        -------
+        list of ndarray
+            One ``(m_i, ndim)`` int64 array per image, in the order of the images (empty for an image that
+            contributes no pixel).
+        """
         bounds = np.searchsorted(self.image_index, np.arange(1, self.n_images))
         return np.split(np.asarray(self.coords), bounds)
 
