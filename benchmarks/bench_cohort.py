@@ -12,7 +12,9 @@ with harpy (``harpy.im.flowsom``, harpy-analysis 0.4) and with pixelflowsom (``p
 each on a fresh copy of the store: every labels element is written into the store, as the call does on a backed
 ``sdata``. The timed part is the call plus reading every metacluster labels element back. For the in-memory
 comparison, pixelflowsom also runs the same call on the same cohort held in memory (``--in-memory-at``, default 32
-FOVs).
+FOVs). ``--som`` runs the drop-in with other SOM algorithms too; ``--fixed-sample`` samples as many pixels from every
+cohort as from the smallest (the sample, which the returned ``flowsom.FlowSOM`` holds, grows with the pixels at a
+fixed fraction; with it fixed, the peak RSS shows what labelling more FOVs adds).
 
 Prints per implementation and cohort size: seconds, seconds per FOV, peak RSS and the adjusted Rand index of the
 metacluster labels against the true phenotypes (all FOVs pooled); then the targets: our seconds per FOV at the
@@ -71,14 +73,18 @@ def write_cohort(folder: Path, n_fovs: int, size: int, n_channels: int) -> float
     return time.perf_counter() - t0
 
 
-def child(impl: str, folder: Path, n_fovs: int, in_memory: bool) -> dict:
+def child(impl: str, folder: Path, n_fovs: int, fraction: float, in_memory: bool) -> dict:
     import spatialdata as sd
     from sklearn.metrics import adjusted_rand_score
 
+    options = {}
     if impl == "harpy":
         import harpy as hp
     else:
         import pixelflowsom.harpy as hp
+
+        if impl != "pixelflowsom":
+            options["som"] = impl.removeprefix("pixelflowsom-")
 
     sdata = sd.read_zarr(folder / "run.zarr")
     if in_memory:
@@ -90,30 +96,32 @@ def child(impl: str, folder: Path, n_fovs: int, in_memory: bool) -> dict:
         names,
         [f"{name}_clusters" for name in names],
         [f"{name}_metaclusters" for name in names],
-        fraction=0.1,
+        fraction=fraction,
         n_clusters=N_PHENOTYPES,
         xdim=10,
         ydim=10,
         random_state=0,
+        **options,
     )
     labels = {name: np.asarray(sdata.labels[f"{name}_metaclusters"].values) for name in names}
     seconds = time.perf_counter() - t0
+    peak = peak_rss_gb()  # before the pooled arrays of the ARI below (67 MB at 128 FOVs of 512^2)
     truth = np.load(folder / "truth.npz")
     pooled_truth = np.concatenate([truth[name].ravel() for name in names])
     pooled = np.concatenate([labels[name].ravel() for name in names])
     labelled = pooled > 0
     return {
         "seconds": seconds,
-        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb": peak,
         "ari": float(adjusted_rand_score(pooled_truth[labelled], pooled[labelled])),
     }
 
 
-def run_child(impl, folder, n_fovs, in_memory=False):
+def run_child(impl, folder, n_fovs, fraction, in_memory=False):
     """Run one call in a child process on a fresh copy of the cohort store (the copy is not timed)."""
     shutil.rmtree(folder / "run.zarr", ignore_errors=True)
     shutil.copytree(folder / "cohort.zarr", folder / "run.zarr")
-    argv = [sys.executable, __file__, "--child", impl, str(folder), str(n_fovs)]
+    argv = [sys.executable, __file__, "--child", impl, str(folder), str(n_fovs), repr(fraction)]
     out = subprocess.run([*argv, *(["--in-memory"] if in_memory else [])], capture_output=True, text=True)
     if out.returncode != 0:
         print(f"  {impl} failed:\n{out.stderr[-3000:]}", flush=True)
@@ -128,30 +136,49 @@ def main(argv=None):
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--harpy-max-fovs", type=int, default=32)
     parser.add_argument("--in-memory-at", type=int, default=32)
-    parser.add_argument("--child", nargs=3, metavar=("IMPL", "DIR", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--fixed-sample",
+        action="store_true",
+        help="scale the fraction down with the cohort (fraction * smallest / n_fovs), so that every cohort samples as "
+        "many pixels as the smallest: the sample (which the returned FlowSOM object holds) then no longer grows, "
+        "and the peak RSS shows what the labelling of more FOVs adds",
+    )
+    parser.add_argument(
+        "--som",
+        nargs="+",
+        default=["default"],
+        choices=["default", "online", "hybrid", "batch"],
+        help="pixelflowsom's som= option, one run per value ('default': not passed)",
+    )
+    parser.add_argument("--child", nargs=4, metavar=("IMPL", "DIR", "N", "FRACTION"), help=argparse.SUPPRESS)
     parser.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        impl, folder, n = args.child
-        print(json.dumps(child(impl, Path(folder), int(n), args.in_memory)))
+        impl, folder, n, fraction = args.child
+        print(json.dumps(child(impl, Path(folder), int(n), float(fraction), args.in_memory)))
         return
+
+    ours_names = ["pixelflowsom" if som == "default" else f"pixelflowsom-{som}" for som in args.som]
 
     results = {}
     for n_fovs in args.fovs:
         folder = Path(tempfile.mkdtemp(prefix="pixelflowsom-cohort-"))
         try:
             seconds = write_cohort(folder, n_fovs, args.size, args.channels)
+            fraction = args.fraction * min(args.fovs) / n_fovs if args.fixed_sample else args.fraction
             print(
                 f"{n_fovs} FOVs of {args.channels} x {args.size} x {args.size} float32 (store written in "
-                f"{seconds:.0f} s); fraction 0.1, 10x10 SOM, {N_PHENOTYPES} metaclusters",
+                f"{seconds:.0f} s); fraction {fraction:.4g}, 10x10 SOM, {N_PHENOTYPES} metaclusters",
                 flush=True,
             )
             runs = {}
             if n_fovs <= args.harpy_max_fovs:
-                runs["harpy"] = run_child("harpy", folder, n_fovs)
-            runs["pixelflowsom"] = run_child("pixelflowsom", folder, n_fovs)
-            if n_fovs == args.in_memory_at:
-                runs["pixelflowsom in memory"] = run_child("pixelflowsom", folder, n_fovs, in_memory=True)
+                runs["harpy"] = run_child("harpy", folder, n_fovs, fraction)
+            for name in ours_names:
+                runs[name] = run_child(name, folder, n_fovs, fraction)
+                if n_fovs == args.in_memory_at:
+                    runs[f"{name} in memory"] = run_child(name, folder, n_fovs, fraction, in_memory=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         results[n_fovs] = runs
@@ -162,25 +189,27 @@ def main(argv=None):
                     f"{r['peak_rss_gb']:5.2f} GB   ARI {r['ari']:.3f}",
                     flush=True,
                 )
-        h, p = runs.get("harpy"), runs.get("pixelflowsom")
-        if h and p:
-            print(f"  speed-up over harpy: x{h['seconds'] / p['seconds']:.1f}", flush=True)
+        for name in ours_names:
+            if runs.get("harpy") and runs.get(name):
+                print(f"  {name} speed-up over harpy: x{runs['harpy']['seconds'] / runs[name]['seconds']:.1f}")
 
-    ours = {n: r["pixelflowsom"] for n, r in results.items() if r.get("pixelflowsom")}
-    if len(ours) >= 2:
-        small, large = min(ours), max(ours)
-        per_fov = (ours[large]["seconds"] / large) / (ours[small]["seconds"] / small)
-        rss = ours[large]["peak_rss_gb"] / ours[small]["peak_rss_gb"]
-        print(f"seconds per FOV, {large} / {small} FOVs: {per_fov:.2f} (target <= 1.2)")
-        print(f"peak RSS, {large} / {small} FOVs: {rss:.2f} (target <= 1.2)")
-    at = results.get(args.in_memory_at, {})
-    if at.get("pixelflowsom") and at.get("pixelflowsom in memory"):
-        ratio = at["pixelflowsom"]["seconds"] / at["pixelflowsom in memory"]["seconds"]
-        print(f"backed / in memory at {args.in_memory_at} FOVs: {ratio:.2f} (target <= 2)")
-    at32 = results.get(32, {})
-    if at32.get("harpy") and at32.get("pixelflowsom"):
-        ratio = at32["harpy"]["seconds"] / at32["pixelflowsom"]["seconds"]
-        print(f"speed-up over harpy at 32 FOVs: x{ratio:.1f} (target >= 15)")
+    for name in ours_names:
+        print(f"{name}:")
+        ours = {n: r[name] for n, r in results.items() if r.get(name)}
+        if len(ours) >= 2:
+            small, large = min(ours), max(ours)
+            per_fov = (ours[large]["seconds"] / large) / (ours[small]["seconds"] / small)
+            rss = ours[large]["peak_rss_gb"] / ours[small]["peak_rss_gb"]
+            print(f"  seconds per FOV, {large} / {small} FOVs: {per_fov:.2f} (target <= 1.2)")
+            print(f"  peak RSS, {large} / {small} FOVs: {rss:.2f} (target <= 1.2)")
+        at = results.get(args.in_memory_at, {})
+        if at.get(name) and at.get(f"{name} in memory"):
+            ratio = at[name]["seconds"] / at[f"{name} in memory"]["seconds"]
+            print(f"  backed / in memory at {args.in_memory_at} FOVs: {ratio:.2f} (target <= 2)")
+        at32 = results.get(32, {})
+        if at32.get("harpy") and at32.get(name):
+            ratio = at32["harpy"]["seconds"] / at32[name]["seconds"]
+            print(f"  speed-up over harpy at 32 FOVs: x{ratio:.1f} (target >= 15)")
 
 
 if __name__ == "__main__":

@@ -161,6 +161,15 @@ def test_candidate_limit_contains_every_float64_winner(offset, spread):
             assert (row32 <= limit).sum() == 1
 
 
+def assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius, seed):
+    """The kernel (with the grid's ydim, and without: the generic neighbour path) equals the numpy reference."""
+    nh = _som.grid_distances(3, 4)
+    for ydim_arg in (4, 0):
+        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), radius, check_random_state(seed), ydim=ydim_arg)
+        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), radius, check_random_state(seed))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_online_som_near_ties_resolved_in_float64():
     # Codes and pixels far from the origin that differ in the 7th-8th digit: float32 distances cannot order them
     # (every node is a candidate), the float64 recheck must pick the reference's winner every time.
@@ -168,11 +177,7 @@ def test_online_som_near_ties_resolved_in_float64():
     codes0 = 1e4 + rng.normal(0, 1e-3, size=(12, 6))
     X = 1e4 + rng.normal(0, 1e-3, size=(200, 6))
     assert float32_winners_differ(X, codes0) > 50
-    nh = _som.grid_distances(3, 4)
-    for ydim_arg in (4, 0):
-        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(1), ydim=ydim_arg)
-        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), check_random_state(1))
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius=(2.0, 0.0), seed=1)
 
 
 def test_online_som_near_duplicate_codes():
@@ -182,11 +187,7 @@ def test_online_som_near_duplicate_codes():
     codes0 = np.repeat(centres, 3, axis=0) * (1 + rng.normal(0, 1e-8, size=(12, 5)))
     X = np.repeat(centres, 50, axis=0) + rng.normal(0, 1e-7, size=(200, 5))
     assert float32_winners_differ(X, codes0) > 20
-    nh = _som.grid_distances(3, 4)
-    for ydim_arg in (4, 0):
-        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), (0.5, 0.5), check_random_state(2), ydim=ydim_arg)
-        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), (0.5, 0.5), check_random_state(2))
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius=(0.5, 0.5), seed=2)
 
 
 def test_online_som_exact_ties_go_to_lowest_node():

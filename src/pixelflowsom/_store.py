@@ -78,6 +78,26 @@ _ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
 # checks before any work
 
 
+def check_image_names(sdata, image_names) -> None:
+    """Raise a ``KeyError`` naming every image of ``image_names`` that ``sdata`` lacks, and listing its images.
+
+    Parameters
+    ----------
+    sdata : spatialdata.SpatialData
+        The SpatialData object holding the images.
+    image_names : list of str
+        The image element names a call reads.
+
+    Raises
+    ------
+    KeyError
+        An image element is not in ``sdata.images``.
+    """
+    missing = [name for name in image_names if name not in sdata.images]
+    if missing:
+        raise KeyError(f"Image element(s) {missing} not found in sdata; available images: {list(sdata.images)}.")
+
+
 def check_output_names(sdata, image_names, cluster_names, metacluster_names, overwrite) -> None:
     """Check the output labels names of a call before any work; raise if one cannot be written.
 
@@ -327,9 +347,7 @@ def _check_inputs(sdata, image_names, stacks, names):
             f"Got {len(image_names)} image names, {len(stacks)} label stacks and {len(names)} name pairs; pass one "
             "stack and one (cluster, metacluster) name pair per image."
         )
-    missing = [name for name in image_names if name not in sdata.images]
-    if missing:
-        raise KeyError(f"Image element(s) {missing} not found in sdata; available images: {list(sdata.images)}.")
+    check_image_names(sdata, image_names)
     for image_name, stack, pair in zip(image_names, stacks, names, strict=True):
         if len(pair) != 2:
             raise ValueError(f"Output names {pair!r} of image {image_name!r} must be a (cluster, metacluster) pair.")

@@ -15,7 +15,7 @@ import pandas as pd
 from pixelflowsom import PixelFlowSOM
 from pixelflowsom._images import full_resolution
 from pixelflowsom._nearest import nearest_nodes
-from pixelflowsom._store import check_output_names, scheduler, write_label_stacks
+from pixelflowsom._store import check_image_names, check_output_names, scheduler, write_label_stacks
 from pixelflowsom.harpy._flowsom_object import build_flowsom
 from pixelflowsom.harpy._model import flowsom_options
 
@@ -175,9 +175,7 @@ def flowsom(
             f"Got {len(images)} image_name, {len(clusters)} output_cluster_labels_name and {len(metaclusters)} "
             "output_metacluster_labels_name; pass one output name of each kind per image."
         )
-    missing = [name for name in images if name not in sdata.images]
-    if missing:
-        raise KeyError(f"Image element(s) {missing} not found in sdata; available images: {list(sdata.images)}.")
+    check_image_names(sdata, images)
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} must be a number in (0, 1], e.g. fraction=0.1.")
     if not isinstance(random_state, Integral) or isinstance(random_state, bool):
