@@ -518,7 +518,7 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     n_iter : int
         The number of passes run (fewer than ``rlen`` when the codes stopped changing).
     """
-    data = np.ascontiguousarray(data, dtype=np.float64)
+    data = np.asarray(data, dtype=np.float64)  # any layout: the kernel reads the C-contiguous `source` below
     codes = np.asarray(codes, dtype=np.float64)
     nhbrdist = np.asarray(nhbrdist, dtype=np.float64)
     n_nodes, p = codes.shape
@@ -541,10 +541,12 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     alphas = (float(alphas[0]), float(alphas[1]))
     radii = (float(radii[0]), float(radii[1]))
     scale = _code_scale(data, codes, alphas, niter)
-    # Samples are read in random order, a cache miss each: read them from a float32 copy (half the memory) when it
-    # holds the data exactly (pixels usually are float32 or integers).
-    data32 = data.astype(np.float32)
-    source = data32 if np.array_equal(data32, data) else data
+    # Samples are read in random order, a cache miss each: read them from a C-contiguous float32 copy (half the
+    # memory) when it holds the data exactly (pixels usually are float32 or integers), else from a float64 one.
+    # (The sample of an image fit is channel-major; no C-contiguous float64 copy is made unless it is needed.)
+    source = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.array_equal(source, data):
+        source = np.ascontiguousarray(data)
     n_iter = rlen
     threshold = radii[0]
     for it in range(rlen):
