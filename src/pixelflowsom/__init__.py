@@ -12,18 +12,13 @@ The public surface:
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._estimator import PixelFlowSOM
 from ._metacluster import ConsensusClustering, NClustersChoice, choose_n_clusters
-from ._persistence import InconsistentVersionWarning
+from ._persistence import InconsistentVersionWarning, package_version
 from ._preprocessing import PixelPreprocessor
 from ._sampling import PixelSample, sample_pixels
 
-try:
-    __version__ = version("pixelflowsom")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
-    __version__ = "0.0.0"
+__version__ = package_version()
 
 __all__ = [
     "ConsensusClustering",

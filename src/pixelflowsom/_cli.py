@@ -131,8 +131,7 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
     """
     from ._store import write_label_stacks
 
-    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
-    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    clusters, metaclusters = _outputs(args, images)
     stacks = model.transform(arrays)  # checks every image's channels before anything is computed
     t0 = time.perf_counter()
     write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
@@ -142,12 +141,17 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
     return metaclusters
 
 
+def _outputs(args, images) -> tuple[list[str], list[str]]:
+    """Return the SOM-node and metacluster labels names of the images (``--cluster-labels`` etc., or defaults)."""
+    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
+    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
+    return clusters, metaclusters
+
+
 def _check_outputs(args, sdata, images):
     from ._store import check_output_names
 
-    clusters = _output_names(images, args.cluster_labels, "_som_clusters", "--cluster-labels")
-    metaclusters = _output_names(images, args.metacluster_labels, "_metaclusters", "--metacluster-labels")
-    check_output_names(sdata, images, clusters, metaclusters, args.overwrite)
+    check_output_names(sdata, images, *_outputs(args, images), args.overwrite)
 
 
 def _save_pictures(folder: Path, sdata, metacluster_names, model, sample=None) -> list[Path]:
@@ -237,22 +241,10 @@ def _demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sd.SpatialData(images={"tissue": element}).write(store, overwrite=True)
     sdata = sd.read_zarr(store)
-    # What `pixelflowsom cluster STORE --image tissue --n-clusters PHENOTYPES --seed SEED --quiet` does.
-    cluster_args = argparse.Namespace(
-        fraction=args.fraction,
-        seed=args.seed,
-        n_clusters=args.phenotypes,
-        max_clusters=None,
-        xdim=10,
-        ydim=10,
-        som=None,
-        channels=None,
-        chunks=None,
-        scheduler="threads",
-        quiet=True,
-        overwrite=False,
-        cluster_labels=None,
-        metacluster_labels=None,
+    # What `pixelflowsom cluster STORE --image tissue --n-clusters PHENOTYPES ...` does, with its defaults.
+    cluster_args = build_parser().parse_args(
+        ["cluster", str(store), "--image", "tissue", "--n-clusters", str(args.phenotypes), "--seed", str(args.seed)]
+        + ["--fraction", repr(args.fraction), "--quiet"]
     )
     with _computing(cluster_args):
         model, sample, arrays = _train(cluster_args, sdata, store, ["tissue"])

@@ -337,8 +337,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         else:
             self._fit_table(X, alpha, random_state)
             return self
-        for attribute in ("sample_indices_",):
-            self.__dict__.pop(attribute, None)
+        self.__dict__.pop("sample_indices_", None)
         self.channels_ = list(sample.channels)
         self.feature_names_in_ = np.asarray([str(c) for c in sample.channels], dtype=object)
         self.n_features_in_ = len(sample.channels)

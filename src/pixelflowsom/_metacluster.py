@@ -130,12 +130,10 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             together += (labels[:, None] == labels[None, :]) & member[:, None]
         consensus = np.divide(together, sampled, out=np.zeros_like(together), where=sampled > 0)
         np.fill_diagonal(consensus, 1.0)
-        final_linkage = "average" if self.linkage == "ward" else self.linkage
         if self.n_clusters == 1:
             self.labels_ = np.zeros(n, dtype=np.int64)
         else:
-            model = AgglomerativeClustering(n_clusters=self.n_clusters, metric="precomputed", linkage=final_linkage)
-            self.labels_ = model.fit_predict(1.0 - consensus).astype(np.int64)
+            self.labels_ = _cluster_consensus(consensus, self.n_clusters, self.linkage)
         self.consensus_ = consensus
         return self
 
@@ -547,12 +545,21 @@ def _delta_area(area):
     return delta
 
 
+def _cluster_consensus(consensus, k, linkage):
+    """Return the final labels of :class:`ConsensusClustering`: ``k`` clusters of the square ``consensus``.
+
+    Agglomerative clustering of the distances ``1 - consensus`` (diagonal 1), with ``linkage`` (average for ward,
+    which needs coordinates).
+    """
+    final_linkage = "average" if linkage == "ward" else linkage
+    model = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage=final_linkage)
+    return model.fit_predict(1.0 - consensus).astype(np.int64)
+
+
 def _consensus_final_labels(consensus, k, linkage):
     """Cut the clustering of ``1 - consensus`` (condensed) into ``k`` clusters, as :class:`ConsensusClustering` does."""
     from scipy.spatial.distance import squareform
 
     square = squareform(consensus)
     np.fill_diagonal(square, 1.0)
-    final_linkage = "average" if linkage == "ward" else linkage
-    model = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage=final_linkage)
-    return model.fit_predict(1.0 - square).astype(np.int64)
+    return _cluster_consensus(square, k, linkage)
