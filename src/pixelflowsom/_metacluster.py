@@ -149,8 +149,9 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
 _ELBOW_SMOOTH = 0.2
 #: Histogram bins of the consensus CDF, as ConsensusClusterPlus's ``CDF(ml, breaks = 100)``.
 _CDF_BINS = 100
-#: Relative increase of the area under the consensus CDF below which one more cluster is not worth it.
-_DELTA_AREA_THRESHOLD = 0.02
+#: Relative increase of the area under the consensus CDF below which one more cluster is not worth it (public: the
+#: picture of pixelflowsom.pl.n_clusters_criterion draws it).
+DELTA_AREA_THRESHOLD = 0.02
 #: Consensus bounds of an ambiguous pair in the PAC (Şenbabaoğlu et al. 2014), as multiples of ``1 / _CDF_BINS``.
 _PAC_BINS = (10, 90)
 
@@ -342,7 +343,7 @@ def choose_n_clusters(
         n_clusters = _first_minimum(residual)
         labels = labels_by_k[n_clusters]
     else:
-        n_clusters = _first_below(criterion["delta_area"].to_numpy(), _DELTA_AREA_THRESHOLD)
+        n_clusters = _first_below(criterion["delta_area"].to_numpy(), DELTA_AREA_THRESHOLD)
         labels = labels_at(n_clusters)
     return NClustersChoice(int(n_clusters), criterion, method, labels, cdf)
 

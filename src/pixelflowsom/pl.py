@@ -752,14 +752,13 @@ def _draw_elbow(ax, criterion, k):
 
 def _draw_delta_area(ax, criterion, k):
     """Relative increase of the CDF area per ``k`` (symlog scale), the 2 % threshold and the chosen ``k``."""
-    from ._metacluster import _DELTA_AREA_THRESHOLD
+    from ._metacluster import DELTA_AREA_THRESHOLD
 
     data = criterion["delta_area"].dropna()
     ks, delta = data.index.to_numpy(), data.to_numpy()
     ax.plot(ks, delta, "-o", color="tab:blue", markersize=4, label="delta area")
-    ax.axhline(
-        _DELTA_AREA_THRESHOLD, color="tab:red", linestyle=":", linewidth=1.2, label="2 % threshold: k + 1 adds less"
-    )
+    label = f"{100 * DELTA_AREA_THRESHOLD:g} % threshold: k + 1 adds less"
+    ax.axhline(DELTA_AREA_THRESHOLD, color="tab:red", linestyle=":", linewidth=1.2, label=label)
     ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
     _mark_choice(ax, k, delta[ks == k][0])
     ax.set_ylabel("relative increase of the CDF area")
