@@ -40,18 +40,30 @@ def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs):
     return codes
 
 
+def assert_online_som_is_the_reference(X, codes0, nh, rlen, alphas, radii, seed, ydim):
+    """``online_som`` equals the numpy reference on the grid's windows (``ydim``) and the generic neighbour loop
+    (``ydim=0``), for C-contiguous data and for channel-major data (``PixelSample.values``); returns the passes run.
+    """
+    expected = reference_online_som(X, codes0, nh, rlen, alphas, radii, check_random_state(seed))
+    n_iters = set()
+    for data in (X, np.ascontiguousarray(X.T).T):
+        for ydim_arg in (ydim, 0):
+            got, n_iter = _som.online_som(
+                data, codes0, nh, rlen, alphas, radii, check_random_state(seed), ydim=ydim_arg
+            )
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+            n_iters.add(n_iter)
+    (n_iter,) = n_iters
+    return n_iter
+
+
 @pytest.mark.parametrize(("xdim", "ydim"), [(3, 4), (5, 5), (1, 6)])
 def test_online_som_matches_numpy_reference(xdim, ydim):
     X, _ = make_blobs(n=150, p=4, seed=xdim)
     nh = _som.grid_distances(xdim, ydim)
     (radii, alphas) = _som.radius_alpha_schedule(nh, (0.05, 0.01), 1)[0]
     codes0 = X[check_random_state(0).choice(len(X), xdim * ydim, replace=False)]
-    expected = reference_online_som(X, codes0, nh, 3, alphas, radii, check_random_state(1))
-    # Grid windows (ydim given) and the generic neighbourhood loop must both equal the reference.
-    for ydim_arg in (ydim, 0):
-        got, n_iter = _som.online_som(X, codes0, nh, 3, alphas, radii, check_random_state(1), ydim=ydim_arg)
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-        assert n_iter == 3
+    assert assert_online_som_is_the_reference(X, codes0, nh, 3, alphas, radii, seed=1, ydim=ydim) == 3
 
 
 def reference_train_online(sample, xdim, ydim, rlen, mst, alpha, rs):
@@ -87,11 +99,7 @@ def test_online_som_matches_numpy_reference_shapes(xdim, ydim, p, f32_data):
     nh = _som.grid_distances(xdim, ydim)
     (radii, alphas) = _som.radius_alpha_schedule(nh, (0.05, 0.01), 1)[0]
     codes0 = X[check_random_state(0).choice(len(X), xdim * ydim, replace=False)]
-    expected = reference_online_som(X, codes0, nh, 2, alphas, radii, check_random_state(1))
-    for ydim_arg in (ydim, 0):
-        got, n_iter = _som.online_som(X, codes0, nh, 2, alphas, radii, check_random_state(1), ydim=ydim_arg)
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-        assert n_iter == 2
+    assert assert_online_som_is_the_reference(X, codes0, nh, 2, alphas, radii, seed=1, ydim=ydim) == 2
 
 
 @pytest.mark.parametrize(("xdim", "ydim"), [(3, 4), (1, 3), (1, 2), (1, 1)])
@@ -161,15 +169,6 @@ def test_candidate_limit_contains_every_float64_winner(offset, spread):
             assert (row32 <= limit).sum() == 1
 
 
-def assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius, seed):
-    """The kernel (with the grid's ydim, and without: the generic neighbour path) equals the numpy reference."""
-    nh = _som.grid_distances(3, 4)
-    for ydim_arg in (4, 0):
-        got, _ = _som.online_som(X, codes0, nh, 2, (0.05, 0.01), radius, check_random_state(seed), ydim=ydim_arg)
-        expected = reference_online_som(X, codes0, nh, 2, (0.05, 0.01), radius, check_random_state(seed))
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-
-
 def test_online_som_near_ties_resolved_in_float64():
     # Codes and pixels far from the origin that differ in the 7th-8th digit: float32 distances cannot order them
     # (every node is a candidate), the float64 recheck must pick the reference's winner every time.
@@ -177,7 +176,7 @@ def test_online_som_near_ties_resolved_in_float64():
     codes0 = 1e4 + rng.normal(0, 1e-3, size=(12, 6))
     X = 1e4 + rng.normal(0, 1e-3, size=(200, 6))
     assert float32_winners_differ(X, codes0) > 50
-    assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius=(2.0, 0.0), seed=1)
+    assert_online_som_is_the_reference(X, codes0, _som.grid_distances(3, 4), 2, (0.05, 0.01), (2.0, 0.0), 1, ydim=4)
 
 
 def test_online_som_near_duplicate_codes():
@@ -187,7 +186,7 @@ def test_online_som_near_duplicate_codes():
     codes0 = np.repeat(centres, 3, axis=0) * (1 + rng.normal(0, 1e-8, size=(12, 5)))
     X = np.repeat(centres, 50, axis=0) + rng.normal(0, 1e-7, size=(200, 5))
     assert float32_winners_differ(X, codes0) > 20
-    assert_online_som_on_3x4_grid_is_the_reference(X, codes0, radius=(0.5, 0.5), seed=2)
+    assert_online_som_is_the_reference(X, codes0, _som.grid_distances(3, 4), 2, (0.05, 0.01), (0.5, 0.5), 2, ydim=4)
 
 
 def test_online_som_exact_ties_go_to_lowest_node():
