@@ -13,12 +13,19 @@ Each timing is the best of ``--repeat`` runs after one warm-up (numba compilatio
 compiled C, gets no warm-up). pyFlowSOM is optional; without it its column is skipped. Install it with
 ``pip install --no-deps "pyFlowSOM>=0.1.16,<0.2"``: every release pins ``numpy<2``, which a plain install satisfies
 by downgrading numpy under the rest of the environment, yet its extension (typed memoryviews only) runs on numpy 2.
-Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run).
+Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run). ``--baseline SRC``
+(repeatable) also times the online SOM of another checkout, ``SRC`` being its ``src`` directory (e.g. a
+``git worktree`` of an earlier commit), in a child process on the same data, and prints our speed-up over it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
@@ -27,7 +34,6 @@ from flowsom.models import SOMEstimator
 from sklearn.utils import check_random_state
 
 from pixelflowsom import _som
-from pixelflowsom._nearest import nearest_nodes
 
 try:
     import pyFlowSOM
@@ -53,6 +59,24 @@ def best_of(fn, repeat, warmup=True):
     return min(times), out
 
 
+def training_data(scale):
+    """The training benchmark's data: 400k x 20 (``scale`` times fewer rows) on a 10 x 10 grid."""
+    p, xdim, ydim = 20, 10, 10
+    return blobs(400_000 // scale, p, seed=1).astype(np.float64), p, xdim, ydim
+
+
+def online(Xt, xdim, ydim):
+    """Our online SOM on the training benchmark (rlen 10, the seeded initial codes of :func:`som_setup`)."""
+    nhbrdist, radii, alphas, codes0 = som_setup(Xt, xdim, ydim, seed=2)
+    return _som.online_som(Xt, codes0, nhbrdist, 10, alphas, radii, check_random_state(3), ydim=ydim)[0]
+
+
+def quantization_error(X, codes):
+    from pixelflowsom._nearest import nearest_nodes
+
+    return float(nearest_nodes(X, codes, return_distances=True)[1].mean())
+
+
 def som_setup(X, xdim, ydim, seed):
     nhbrdist = _som.grid_distances(xdim, ydim)
     (radii, alphas) = _som.radius_alpha_schedule(nhbrdist, (0.05, 0.01), 1)[0]
@@ -64,10 +88,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", action="append", default=[], metavar="SRC", help="another checkout's src/")
+    parser.add_argument("--online-only", metavar="NPY", help=argparse.SUPPRESS)  # a --baseline child: codes to NPY
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     repeat = 1 if args.quick else args.repeat
     warnings.filterwarnings("ignore")
+    if args.online_only:  # only _som: older checkouts have no _nearest
+        Xt, p, xdim, ydim = training_data(scale)
+        t_on, codes_on = best_of(lambda: online(Xt, xdim, ydim), repeat)
+        np.save(args.online_only, codes_on)
+        print(json.dumps({"seconds": t_on, "module": _som.__file__}))
+        return
+    from pixelflowsom._nearest import nearest_nodes
 
     # --- assignment: 1M x 20 pixels to 100 nodes
     n_assign, p, xdim, ydim = 1_000_000 // scale, 20, 10, 10
@@ -86,16 +119,15 @@ def main(argv=None):
     print(f"  labels equal to flowsom's: {np.mean(lab_ref == lab_ours) * 100:.4f}%")
 
     # --- training: 400k x 20, rlen 10
-    n_train = 400_000 // scale
-    Xt = blobs(n_train, p, seed=1).astype(np.float64)
+    Xt, p, xdim, ydim = training_data(scale)
+    n_train = Xt.shape[0]
     nhbrdist, radii, alphas, codes0 = som_setup(Xt, xdim, ydim, seed=2)
 
     def flowsom_fit():
         return SOMEstimator(xdim=xdim, ydim=ydim, rlen=10, seed=3).fit(Xt)
 
     def ours_online():
-        rs = check_random_state(3)
-        return _som.online_som(Xt, codes0, nhbrdist, 10, alphas, radii, rs, ydim=ydim)[0]
+        return online(Xt, xdim, ydim)
 
     def ours_batch():
         return _som.batch_som(Xt, codes0, nhbrdist, 10, radii)[0]
@@ -113,7 +145,7 @@ def main(argv=None):
         t_py, codes_py = best_of(pyflowsom_som, repeat, warmup=False)
 
     def qe(c):
-        return nearest_nodes(Xt, c, return_distances=True)[1].mean()
+        return quantization_error(Xt, c)
 
     qe_ref, qe_on, qe_ba = qe(fitted.codes), qe(codes_on), qe(codes_ba)
     print(f"SOM training {n_train} x {p}, {xdim}x{ydim} grid, rlen 10 (quantization error: mean distance of the")
@@ -132,6 +164,17 @@ def main(argv=None):
         f"speed-up vs flowsom x{t_fit / t_ba:.1f}   (target >= 20)"
     )
     print(f"  batch / online quantization error: {qe_ba / qe_on:.3f}   (target <= 1.05)")
+    for src in args.baseline:
+        with tempfile.TemporaryDirectory() as tmp:
+            npy = os.path.join(tmp, "codes.npy")
+            child = [sys.executable, __file__, "--online-only", npy, "--repeat", str(repeat)]
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
+            run = subprocess.run(child + (["--quick"] if args.quick else []), env=env, check=True, capture_output=True)
+            out = json.loads(run.stdout)
+            qe_base = quantization_error(Xt, np.load(npy))
+        print(f"  online SOM of {out['module']}")
+        speed_up = out["seconds"] / t_on
+        print(f"    {out['seconds']:8.3f} s   quantization error {qe_base:.4f}   ours x{speed_up:.2f} faster")
 
 
 if __name__ == "__main__":

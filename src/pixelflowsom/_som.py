@@ -1,7 +1,7 @@
 """Self-organizing map kernels: FlowSOM's online SOM and a batch SOM.
 
-Everything here is a pure function of arrays that assumes validated input (finite ``float64`` data with at least
-one row, codes of matching width). The public entry point is :class:`pixelflowsom.PixelFlowSOM`, which validates.
+Everything here is a pure function of arrays that assumes validated input (finite data with at least one row,
+codes of matching width). The public entry point is :class:`pixelflowsom.PixelFlowSOM`, which validates.
 
 The online SOM follows R FlowSOM's ``C_SOM`` (``FlowSOM/src/som.c``) step by step:
 
@@ -13,14 +13,19 @@ The online SOM follows R FlowSOM's ``C_SOM`` (``FlowSOM/src/som.c``) step by ste
 * training stops early when a whole pass over ``n`` updates moved the codes by less than 1 in total (R's ``change``
   test; the Python ``flowsom`` port drops it because its loop cannot be left early).
 
-The codes are float64 and every update is R's float64 arithmetic, ``c + (x - c) * alpha``; the winner is the
-float64 argmin of the squared distances summed in channel order (R's loop; numpy sums 8 or more values pairwise,
-which can order two nodes differently only when their distances agree to the last bit or so). The search for it
-runs in float32 on a float32 copy of the codes, at twice the vector width: float32 rounding *could* make the wrong
-node look nearest (codes that differ in the 7th or 8th digit, or identical codes, which the SOM makes common by
-pulling neighbours together), so every node within a rigorous bound of the float32 minimum is a candidate, and when
-there are several, their float64 distances decide. The result is the float64 argmin over all nodes, lowest index on
-ties, whatever the rounding (:func:`online_som_pass`).
+The online SOM runs in float32, R's in float64: data, codes and learning rate are rounded to float32 and every
+distance and update is float32 arithmetic (squared distances summed in channel order, no fused multiply-add), so
+that one update costs half the memory traffic and twice the vector width; ``tests/test_som.py`` checks it bit for
+bit against a float32 numpy transcription of ``C_SOM``, and against R's float64 arithmetic to 1e-5.
+
+Where float32 rounding can change a best-matching unit: only where two nodes' squared distances to a sample agree to
+about 7 significant digits (a float32 ulp), e.g. codes that differ in their 7th or 8th digit, or data far from the
+origin relative to their spread (1e4 +- 1e-3). Why that is harmless: such nodes are equally near to the precision of
+float32 itself, and the update that follows moves the winner by ``alpha`` (>= 1%) of its distance to the sample, a
+step millions of times larger than the distance difference; a different winner is one more draw of the random
+sampling the algorithm already makes. The trained codes are returned as float64, and every label written afterwards
+is the exact float64 nearest node of those codes (:mod:`pixelflowsom._nearest`). Data whose squared float32 distances
+could overflow or underflow are scaled by a power of two for training, exactly (:func:`training_exponent`).
 
 The batch SOM replaces single-sample updates by epochs: every epoch assigns all samples to their nearest node with
 the GEMM-shaped kernel of :mod:`pixelflowsom._nearest`, then sets each code to the mean of the samples won by the
@@ -102,74 +107,85 @@ def radius_alpha_schedule(
     return [((float(r[i]), float(r[i + 1])), (float(a[i]), float(a[i + 1]))) for i in range(mst)]
 
 
-#: Samples gathered at a time by the online SOM (1,024 x p float64 and float32 rows stay in L2 cache).
+#: Samples gathered at a time by the online SOM (1,024 x p float32 rows stay in L1/L2 cache).
 _GATHER = 1024
 #: The online SOM pads the node axis of its transposed codes to a multiple of 16 (a 64-byte row of float32) and
-#: aligns every row to 64 bytes, so that the vectorised loops over nodes start on cache lines.
+#: aligns every row to 64 bytes, so that the vectorised loops over nodes start on cache lines; the reductions over
+#: the nodes' distances run over a multiple of 64 (the vectorised loop's block: no scalar remainder).
 _NODE_PAD = 16
+_REDUCE_PAD = 64
 _ALIGN = 64
-#: Unit roundoffs of float32 and float64.
-_U32 = 2.0**-24
-_U64 = 2.0**-53
-#: Above this norm the float32 search could overflow: the online SOM then searches in float64 only.
-_MAX_SCALE32 = 2.0**60
+#: The online SOM trains on data whose largest magnitude lies in ``[2**-_SCALE_LIMIT, 2**_SCALE_LIMIT]``: its
+#: squared float32 distances can then neither overflow nor lose every digit to underflow. Other data are scaled by a
+#: power of two for training (exact: it changes exponents only) and the codes scaled back.
+_SCALE_LIMIT = 32
 
 
 @numba.njit(cache=True, nogil=True)
-def _abs_diff_sum(samples, t, codes_t, lo, hi):
-    """Sum of ``|sample t - code|`` over the nodes ``lo..hi-1`` (R's ``change`` contribution of an update)."""
+def _abs_diff_sum(samples, t, codes, lo, hi):
+    """Sum of ``|sample t - code|`` over the nodes ``lo..hi-1``, in float64 (R's ``change`` contribution)."""
     total = 0.0
-    for j in range(codes_t.shape[0]):
-        xj = samples[t, j]
+    for j in range(codes.shape[0]):
+        xj = np.float64(samples[t, j])
         for cd in range(lo, hi):
-            total += abs(xj - codes_t[j, cd])
+            total += abs(xj - np.float64(codes[j, cd]))
     return total
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
-def _distances32(samples32, t, codes32, dist, base):
-    """Squared distances of sample ``t`` to every (padded) node in float32, into ``dist``; the bits of the smallest.
+@numba.njit(cache=True, nogil=True)
+def _distances(samples, t, codes, base, dist):
+    """Squared distances of sample ``t`` to every (padded) node, in float32, into ``dist[:kp]``.
 
-    ``codes32`` is ``(p, kp)``, node-minor: the loop over nodes is the vectorised one, four channels per sweep so
-    that each distance is loaded and stored once per four channels. Each node's sum runs over the channels in order
-    (fused multiply-adds allowed: the error bound of :func:`online_som_pass` holds either way). ``base`` is 0 for
-    real nodes and ``inf`` for padding. The minimum is taken on the int32 bits, which order non-negative floats as
-    the floats themselves and make a vectorised reduction.
+    ``codes`` is ``(p, kp)``, node-minor: the loop over nodes is the vectorised one, four channels per sweep so that
+    each distance is loaded and stored once per four channels. Each node's sum is ``((d0**2 + d1**2) + d2**2) ...``
+    in channel order, every operation rounded to float32 (no fused multiply-add): the numpy reference computes the
+    same bits. Each sum starts at ``base`` (0 for the nodes, ``inf`` for padding).
     """
-    p, kp = codes32.shape
+    p, kp = codes.shape
     p4 = p - p % 4
     for cd in range(kp):
         dist[cd] = base[cd]
     for j in range(0, p4, 4):
-        x0 = samples32[t, j]
-        x1 = samples32[t, j + 1]
-        x2 = samples32[t, j + 2]
-        x3 = samples32[t, j + 3]
+        x0 = samples[t, j]
+        x1 = samples[t, j + 1]
+        x2 = samples[t, j + 2]
+        x3 = samples[t, j + 3]
         for cd in range(kp):
-            d0 = x0 - codes32[j, cd]
-            d1 = x1 - codes32[j + 1, cd]
-            d2 = x2 - codes32[j + 2, cd]
-            d3 = x3 - codes32[j + 3, cd]
+            d0 = x0 - codes[j, cd]
+            d1 = x1 - codes[j + 1, cd]
+            d2 = x2 - codes[j + 2, cd]
+            d3 = x3 - codes[j + 3, cd]
             dist[cd] = dist[cd] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
     for j in range(p4, p):
-        xj = samples32[t, j]
+        xj = samples[t, j]
         for cd in range(kp):
-            d = xj - codes32[j, cd]
+            d = xj - codes[j, cd]
             dist[cd] = dist[cd] + d * d
-    bits = dist.view(np.int32)
-    best = bits[0]
-    for cd in range(kp):
-        best = min(best, bits[cd])
-    return best
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(data, order, start, samples, samples32):
-    """Copy the rows ``order[start:start + len(samples)]`` of ``data`` into ``samples`` (float64) and ``samples32``.
+def _argmin(bits, node_index):
+    """Index of the smallest of the non-negative float32 values whose int32 bits are ``bits``, the lowest on ties.
+
+    Non-negative floats order as their bits, which makes both passes vectorised integer reductions.
+    """
+    n = bits.shape[0]
+    best = bits[0]
+    for cd in range(n):
+        best = min(best, bits[cd])
+    first = np.int32(n)
+    for cd in range(n):
+        first = min(first, node_index[cd] if bits[cd] == best else np.int32(n))
+    return first
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(data, order, start, samples):
+    """Copy the rows ``order[start:start + len(samples)]`` of ``data`` into ``samples``.
 
     A first loop copies only the first and last value of every row: its loads are independent, so the core has many
     cache misses in flight at once, and the full copy then reads from cache instead of waiting on one random row at
-    a time. ``data`` may be float32 (see :func:`online_som`): its values convert to float64 exactly.
+    a time.
     """
     p = data.shape[1]
     m = min(samples.shape[0], order.shape[0] - start)
@@ -180,72 +196,36 @@ def _gather(data, order, start, samples, samples32):
     for r in range(m):
         row = order[start + r]
         for j in range(p):
-            v = np.float64(data[row, j])
-            samples[r, j] = v
-            samples32[r, j] = v
-
-
-@numba.njit(cache=True, nogil=True)
-def _bound_constants(p, scale):
-    """Constants of the float32 error bound of :func:`online_som_pass` (see its Notes) for ``p`` channels."""
-    gp = p * _U32 / (1.0 - p * _U32)
-    g64 = (p + 2) * _U64 / (1.0 - (p + 2) * _U64)
-    tiny = p * 2.0**-148  # underflow
-    su = _U32 * (1.0 + _U32) * (scale + np.sqrt(p) * 2.0**-125)
-    # The divisions of the bound as multiplications by constants rounded up: the bound only needs to stay an upper
-    # bound.
-    inv_gp = (1.0 + 4.0 * _U64) / (1.0 - gp)
-    rho_factor = (1.0 + 4.0 * _U64) * (1.0 + 2.0 * g64) / (1.0 - _U32)
-    return gp, g64, tiny, su, inv_gp, rho_factor
-
-
-@numba.njit(cache=True, nogil=True)
-def _candidate_limit(m, constants):
-    """Return the float32 distance above which no node can be the float64 winner, given the float32 minimum ``m``.
-
-    ``m + 4 E(rho (1 + 2 g64))`` of :func:`online_som_pass`'s Notes (twice the margin the proof needs), rounded up
-    to float32.
-    """
-    gp, g64, tiny, su, inv_gp, rho_factor = constants
-    rho = (np.sqrt((m + tiny) * inv_gp) + su) * rho_factor
-    a = su + _U32 * rho
-    err = gp * (rho + a) ** 2 + 2.0 * a * rho + a * a + g64 * rho * rho + tiny
-    return np.float32((m + 4.0 * err) * (1.0 + 2.0**-22) + 2.0**-149)
+            samples[r, j] = data[row, j]
 
 
 @numba.njit(cache=True, nogil=True)
 def online_som_pass(
-    data, order, codes_t, codes32, base, ydim, neighbours, neighbour_dist, threshold, k0, niter, alphas, radii, scale
+    data, order, codes, base, ydim, neighbours, neighbour_dist, threshold, k0, niter, alphas, radii, change_limit
 ):
-    """Run one pass of FlowSOM's online SOM (R's ``C_SOM``), in place. Assumes validated input.
+    """Run one pass of FlowSOM's online SOM (R's ``C_SOM``) in float32, in place. Assumes validated input.
 
-    The codes live twice, node-minor (one row per channel, so that loops over nodes vectorise): ``codes_t`` in
-    float64, the codes themselves, and ``codes32``, their float32 rounding, updated together with them. Each update:
+    Each update:
 
-    1. *Best-matching unit.* :func:`_distances32` computes the squared distances to all nodes in float32 from
-       ``codes32`` (half the memory traffic of float64, twice the vector width). Float32 rounding could make a node
-       look nearest that is not (near-ties: codes that differ in the 7th or 8th digit, or identical codes, which the
-       SOM makes common by pulling neighbours together); so every node whose float32 distance is within a rigorous
-       bound of the float32 minimum is a candidate, and if there is more than one, their distances are recomputed in
-       float64 exactly as R's C code does (differences squared and summed in channel order) and the smallest wins,
-       the lowest index on ties. The bound makes that choice the float64 argmin over *all* nodes: no float32
-       rounding can change a best-matching unit.
-    2. *Update.* Every node within the current radius moves towards the sample, ``c + (x - c) * alpha`` in float64
-       (R's operations, no fused multiply-add), and its float32 copy is refreshed. On a grid (``ydim > 0``) the
-       Chebyshev ball is a window of rows ``x0..x1`` and columns ``y0..y1``; the rows' nodes are consecutive, so
-       each channel is updated with one vectorised loop over them, the nodes outside the window with the weight 0
-       instead of ``alpha`` (their values are rewritten unchanged). Only on grids much wider than the window (more
-       than 64 columns) is the window updated row by row.
+    1. *Best-matching unit*: :func:`_distances`, then :func:`_argmin` (the lowest index on ties).
+    2. *Update*: every node within the current radius moves towards the sample, ``c + (x - c) * alpha``, each
+       operation rounded to float32 (``alpha`` is R's float64 learning rate rounded to float32). On a grid
+       (``ydim > 0``) the Chebyshev ball is a window of rows ``x0..x1`` and columns ``y0..y1``; the rows' nodes are
+       consecutive, so each channel is updated with one vectorised loop over them, the nodes outside the window with
+       the weight 0 instead of ``alpha`` (their values are rewritten unchanged: ``c + (x - c) * 0`` is ``c`` when
+       ``x - c`` is finite, which learning rates in ``[0, 1]`` guarantee, see :func:`online_som`; a ``-0.0`` comes
+       back as ``+0.0``). With other learning rates, or on grids much wider than the window (more than 64 columns),
+       the window is updated row by row.
 
     Parameters
     ----------
     data
-        ``(n, p)`` training data, C-contiguous: float64, or float32 when that holds the data exactly.
+        ``(n, p)`` float32 training data, C-contiguous.
     order
         Row indices of the samples presented in this pass, in order.
-    codes_t, codes32
-        ``(p, kp)`` float64 codes and their float32 rounding, node-minor, ``kp >= n_nodes`` a multiple of 16;
-        padding nodes are 0 and never selected. Updated in place.
+    codes
+        ``(p, kp)`` float32 codes, node-minor, ``kp >= n_nodes`` a multiple of 16; padding nodes are 0 and never
+        selected. Updated in place.
     base
         ``(kp,)`` float32: 0 for the ``n_nodes`` nodes, ``inf`` for padding.
     ydim
@@ -265,46 +245,30 @@ def online_som_pass(
         Total number of updates of the phase, ``rlen * n``.
     alphas, radii
         Start and end of the learning-rate and radius schedules of the phase.
-    scale
-        An upper bound of ``|x| + |c|`` for every sample ``x`` and every code ``c`` at any time of the pass (see
-        :func:`online_som`); ``inf`` when there is none below ``2**60``, and every update then searches in
-        float64 only.
+    change_limit
+        Summing R's ``change`` stops once it reaches this value (the early-stopping test only needs to know whether
+        it does; the terms are non-negative).
 
     Returns
     -------
     change : float
-        The total absolute change of the codes during the pass (R FlowSOM's ``change``), summed only until it
-        reaches 1: the early-stopping test ``change < 1`` only needs to know whether it does (the terms are
-        non-negative).
+        The total absolute change of the codes during the pass (R FlowSOM's ``change``), summed until it reaches
+        ``change_limit``.
     threshold : float
         The radius at the end of the pass.
-
-    Notes
-    -----
-    The bound. Let ``u = 2**-24``, ``S = scale``, ``d`` the float32 differences and ``delta`` the exact ones
-    (``x - c`` in real arithmetic) of one node. Rounding ``x`` and ``c`` to float32 and subtracting errs by at most
-    ``a_j = u (1 + u) (|x_j| + |c_j|) + u |delta_j|`` per channel, so ``|d - delta| <= A = u (1 + u) S + u |delta|``
-    (Euclidean norms); the float32 sum of ``p`` squares errs by ``gamma_p sum(d**2)``, ``gamma_p = p u / (1 - p u)``
-    (any order, with or without fused multiply-adds), and the float64 reference sum by ``g64 |delta|**2``,
-    ``g64 = gamma_{p+2}`` in float64. Hence a node's float32 and float64 squared distances differ by at most
-    ``E(|delta|) = gamma_p (|delta| + A)**2 + 2 A |delta| + A**2 + g64 |delta|**2`` (plus ``p 2**-148`` for
-    underflow), increasing in ``|delta|``. The float32 minimum ``m`` bounds the distance of its node ``b``:
-    ``|delta_b| <= rho = (sqrt(m / (1 - gamma_p)) + u (1 + u) S) / (1 - u)``, and every node whose float64 distance
-    is at most ``b``'s has ``|delta| <= rho (1 + 2 g64)``. So the float64 winner and every node tied with it have
-    float32 distances at most ``m + 2 E(rho (1 + 2 g64))``: all are candidates. The kernel uses twice that margin.
     """
-    p, kp = codes_t.shape
+    p, kp = codes.shape
     n_nodes = neighbours.shape[0]
     step = (radii[0] - radii[1]) / niter
     xdim = n_nodes // ydim if ydim > 0 else 0
     change = 0.0
-    samples = np.empty((_GATHER, p))
-    samples32 = np.empty((_GATHER, p), np.float32)
-    dist = np.empty(kp, np.float32)
+    samples = np.empty((_GATHER, p), np.float32)
+    kr = -(-kp // _REDUCE_PAD) * _REDUCE_PAD
+    dist = np.full(kr, np.inf, np.float32)  # entries kp.. stay inf
     bits = dist.view(np.int32)
-    box = np.zeros(1, np.int32)
-    box32 = box.view(np.float32)
-    weight = np.zeros(kp)
+    node_index = np.arange(kr).astype(np.int32)
+    weight = np.zeros(kp, np.float32)
+    zero = np.float32(0.0)
     # Grid row and column of every node; padding nodes get a column no window contains.
     row_of = np.zeros(kp, np.int64)
     column = np.full(kp, np.iinfo(np.int64).max // 2, np.int64)
@@ -312,85 +276,19 @@ def online_som_pass(
         for cd in range(n_nodes):
             row_of[cd] = cd // ydim
             column[cd] = cd % ydim
-    node_index = np.arange(kp).astype(np.int32)
-    exact64 = not scale < _MAX_SCALE32
-    constants = _bound_constants(p, scale)
+    convex = 0.0 <= min(alphas[0], alphas[1]) and max(alphas[0], alphas[1]) <= 1.0
     one = np.uint64(1)
     for t_all in range(order.shape[0]):
         t = t_all % _GATHER
         if t == 0:
-            _gather(data, order, t_all, samples, samples32)
-        # 1. Best-matching unit: float32 candidates, float64 only where float32 cannot decide.
-        nearest = -1
-        limit = np.int32(0)
-        count = n_nodes  # float64 only: every node is a candidate
-        first = 0
-        last = n_nodes - 1
-        index_sum = n_nodes * (n_nodes - 1) // 2
-        if not exact64:
-            box[0] = _distances32(samples32, t, codes32, dist, base)
-            # The limit is compared on the bits (non-negative floats order as their bits).
-            box32[0] = _candidate_limit(np.float64(box32[0]), constants)
-            limit = box[0]
-            # Number and index sum of the candidates (int32 lanes); with one candidate, that is its index.
-            count32 = np.int32(0)
-            sum32 = np.int32(0)
-            for cd in range(kp):
-                inside = bits[cd] <= limit
-                count32 += np.int32(1) if inside else np.int32(0)
-                sum32 += node_index[cd] if inside else np.int32(0)
-            count = count32
-            index_sum = sum32
-            if count == 1:
-                nearest = index_sum
-            else:
-                # The first and last candidates; with at most three, these and the sum name them all.
-                first32 = np.int32(kp)
-                last32 = np.int32(-1)
-                for cd in range(kp):
-                    inside = bits[cd] <= limit
-                    first32 = min(first32, node_index[cd] if inside else np.int32(kp))
-                    last32 = max(last32, node_index[cd] if inside else np.int32(-1))
-                first = first32
-                last = last32
-        if nearest < 0 and count <= 3:
-            # Two or three candidates: their float64 distances side by side (independent sums, each in channel
-            # order), the lowest index winning ties.
-            middle = index_sum - first - last if count == 3 else last
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            for j in range(p):
-                xj = samples[t, j]
-                d0 = xj - codes_t[j, first]
-                d1 = xj - codes_t[j, middle]
-                d2 = xj - codes_t[j, last]
-                s0 += d0 * d0
-                s1 += d1 * d1
-                s2 += d2 * d2
-            nearest = first
-            best = s0
-            if s1 < best:
-                nearest = middle
-                best = s1
-            if s2 < best:
-                nearest = last
-        elif nearest < 0:
-            best = np.inf
-            for cd in range(first, last + 1):
-                if not exact64 and bits[cd] > limit:
-                    continue
-                s = 0.0
-                for j in range(p):
-                    d = samples[t, j] - codes_t[j, cd]
-                    s += d * d
-                if s < best:
-                    best = s
-                    nearest = cd
+            _gather(data, order, t_all, samples)
+        # 1. Best-matching unit.
+        _distances(samples, t, codes, base, dist)
+        nearest = _argmin(bits, node_index)
         # 2. Update the neighbourhood.
         if threshold < 1.0:
             threshold = 0.5
-        alpha = alphas[0] - (alphas[0] - alphas[1]) * (k0 + t_all) / niter
+        alpha = np.float32(alphas[0] - (alphas[0] - alphas[1]) * (k0 + t_all) / niter)
         if ydim > 0:
             r = int(np.floor(threshold))
             wx = row_of[nearest]
@@ -399,44 +297,39 @@ def online_som_pass(
             y1 = min(ydim - 1, wy + r) + 1
             x0 = max(0, wx - r)
             x1 = min(xdim - 1, wx + r) + 1
-            if change < 1.0:
+            if change < change_limit:
                 for q in range(x0, x1):
-                    change += _abs_diff_sum(samples, t, codes_t, q * ydim + y0, q * ydim + y1)
+                    change += _abs_diff_sum(samples, t, codes, q * ydim + y0, q * ydim + y1)
             if r == 0:
                 for j in range(p):
-                    c = codes_t[j, nearest]
-                    v = c + (samples[t, j] - c) * alpha
-                    codes_t[j, nearest] = v
-                    codes32[j, nearest] = v
-            elif not exact64 and ydim <= 64 + 2 * (y1 - y0):
-                # Rows x0..x1 as one run of nodes, from a multiple of 8 (aligned vectors) to the next multiple of 8
-                # after the window, each channel in one vectorised loop. Nodes outside the window get the weight 0
-                # instead of alpha: c + (x - c) * 0 is c (|x - c| is finite, see scale; a -0.0 comes back as +0.0),
-                # so plain stores replace masked ones. Unsigned indices: numba's wraparound of negative indices
-                # would otherwise stop the loops from vectorising.
+                    c = codes[j, nearest]
+                    codes[j, nearest] = c + (samples[t, j] - c) * alpha
+            elif convex and ydim <= 64 + 2 * (y1 - y0):
+                # Rows x0..x1 as one run of nodes, from a multiple of 16 (aligned vectors) to the next multiple of
+                # 16 after the window, each channel in one vectorised loop; nodes outside the window get the weight
+                # 0. Unsigned indices: numba's wraparound of negative indices would otherwise stop the loops from
+                # vectorising.
                 first = x0 * ydim + y0
                 last = (x1 - 1) * ydim + y1
-                lo = np.uint64(first - first % 8)
-                hi = np.uint64(last + (-last) % 8)
+                lo = np.uint64(first - first % _NODE_PAD)
+                hi = np.uint64(last + (-last) % _NODE_PAD)
                 first_u = np.uint64(first)
                 last_u = np.uint64(last)
                 width = np.uint64(y1 - y0)
                 cd = lo
                 while cd < hi:
                     inside = (np.uint64(column[cd] - y0) < width) & (cd >= first_u) & (cd < last_u)
-                    weight[cd] = alpha if inside else 0.0
+                    weight[cd] = alpha if inside else zero
                     cd += one
                 for j in range(p):
                     xj = samples[t, j]
                     cd = lo
                     while cd < hi:
-                        c = codes_t[j, cd]
-                        v = c + (xj - c) * weight[cd]
-                        codes_t[j, cd] = v
-                        codes32[j, cd] = v
+                        c = codes[j, cd]
+                        codes[j, cd] = c + (xj - c) * weight[cd]
                         cd += one
             else:
-                # One loop per row of the window (wide grids, narrow windows).
+                # One loop per row of the window.
                 for q in range(x0, x1):
                     lo = np.uint64(q * ydim + y0)
                     hi = np.uint64(q * ydim + y1)
@@ -444,23 +337,19 @@ def online_som_pass(
                         xj = samples[t, j]
                         cd = lo
                         while cd < hi:
-                            c = codes_t[j, cd]
-                            v = c + (xj - c) * alpha
-                            codes_t[j, cd] = v
-                            codes32[j, cd] = v
+                            c = codes[j, cd]
+                            codes[j, cd] = c + (xj - c) * alpha
                             cd += one
         else:
             for k in range(n_nodes):
                 if neighbour_dist[nearest, k] > threshold:
                     break
                 cd = neighbours[nearest, k]
-                if change < 1.0:
-                    change += _abs_diff_sum(samples, t, codes_t, cd, cd + 1)
+                if change < change_limit:
+                    change += _abs_diff_sum(samples, t, codes, cd, cd + 1)
                 for j in range(p):
-                    c = codes_t[j, cd]
-                    v = c + (samples[t, j] - c) * alpha
-                    codes_t[j, cd] = v
-                    codes32[j, cd] = v
+                    c = codes[j, cd]
+                    codes[j, cd] = c + (samples[t, j] - c) * alpha
         threshold -= step
     return change, threshold
 
@@ -474,32 +363,28 @@ def _aligned_zeros(shape, dtype):
     return buffer[offset : offset + n].view(dtype).reshape(shape)
 
 
-def _code_scale(data, codes, alphas, niter):
-    """Bound of ``|x| + |c|`` over samples ``x`` and codes ``c`` during a phase, for the float32 search's error bound.
+def training_exponent(data, codes):
+    """Power of two ``e`` by which :func:`online_som` scales ``data`` and ``codes`` for training (usually 0).
 
-    With learning rates in ``[0, 1]`` every update moves a code to a convex combination of itself and a sample, so
-    no code ever gets longer than ``M``, the longest of the samples and initial codes, except by rounding: at most
-    ``8 u`` (float64) relative per update, ``M (1 + 16 u niter)`` over a phase. The bound is ``inf`` (float64-only
-    search) for learning rates outside ``[0, 1]`` or when it reaches ``_MAX_SCALE32``.
+    Zero when the largest magnitude of both lies in ``[2**-_SCALE_LIMIT, 2**_SCALE_LIMIT]`` (or is 0); otherwise the
+    ``e`` that brings it into ``[0.5, 1)``. Scaling by a power of two is exact, and every step of the online SOM
+    commutes with it (except where float32 would overflow or underflow, which the scaling avoids).
     """
-    if not (0.0 <= min(alphas) and max(alphas) <= 1.0):
-        return np.inf
-    xmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", data, data))))
-    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", codes, codes))))
-    longest = max(xmax, cmax) * (1.0 + 16.0 * _U64 * niter)
-    scale = (xmax + longest) * (1.0 + 1e-6)  # the norms themselves are rounded (relative p * u, far below 1e-6)
-    return scale if scale < _MAX_SCALE32 else np.inf
+    largest = max(float(np.max(np.abs(data))), float(np.max(np.abs(codes))))
+    if largest == 0.0 or 2.0**-_SCALE_LIMIT <= largest <= 2.0**_SCALE_LIMIT:
+        return 0
+    return -int(np.frexp(largest)[1])
 
 
 def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0):
-    """Train codes with FlowSOM's online SOM for one phase (``rlen`` passes).
+    """Train codes with FlowSOM's online SOM for one phase (``rlen`` passes), in float32.
 
     Parameters
     ----------
     data
-        ``(n, p)`` float64 training data, finite.
+        ``(n, p)`` training data, finite, any float dtype and layout (read from a C-contiguous float32 copy).
     codes
-        ``(n_nodes, p)`` float64 initial codes; not modified.
+        ``(n_nodes, p)`` initial codes; not modified.
     nhbrdist
         ``(n_nodes, n_nodes)`` neighbourhood distances.
     rlen
@@ -514,19 +399,24 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     Returns
     -------
     codes : numpy.ndarray
-        The trained codes.
+        The trained codes, float64 (float32 values).
     n_iter : int
         The number of passes run (fewer than ``rlen`` when the codes stopped changing).
     """
-    data = np.asarray(data, dtype=np.float64)  # any layout: the kernel reads the C-contiguous `source` below
+    data = np.asarray(data)
     codes = np.asarray(codes, dtype=np.float64)
     nhbrdist = np.asarray(nhbrdist, dtype=np.float64)
     n_nodes, p = codes.shape
+    exponent = training_exponent(data, codes)
+    if exponent:
+        data = np.ldexp(np.asarray(data, dtype=np.float64), exponent)
+        codes = np.ldexp(codes, exponent)
+    # Samples are read in random order, a cache miss each: from a C-contiguous float32 copy (the sample of an image
+    # fit is channel-major).
+    source = np.ascontiguousarray(data, dtype=np.float32)
     kp = -(-n_nodes // _NODE_PAD) * _NODE_PAD
-    codes_t = _aligned_zeros((p, kp), np.float64)
+    codes_t = _aligned_zeros((p, kp), np.float32)
     codes_t[:, :n_nodes] = codes.T
-    codes32 = _aligned_zeros((p, kp), np.float32)
-    codes32[:] = codes_t
     base = np.zeros(kp, np.float32)
     base[n_nodes:] = np.inf
     if ydim > 0:
@@ -536,17 +426,11 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
         # Stable: nodes at the same distance stay in index order (the order only matters to R's change sum).
         neighbours = np.argsort(nhbrdist, axis=1, kind="stable")
         neighbour_dist = np.ascontiguousarray(np.take_along_axis(nhbrdist, neighbours, axis=1))
-    n = data.shape[0]
+    n = source.shape[0]
     niter = rlen * n
     alphas = (float(alphas[0]), float(alphas[1]))
     radii = (float(radii[0]), float(radii[1]))
-    scale = _code_scale(data, codes, alphas, niter)
-    # Samples are read in random order, a cache miss each: read them from a C-contiguous float32 copy (half the
-    # memory) when it holds the data exactly (pixels usually are float32 or integers), else from a float64 one.
-    # (The sample of an image fit is channel-major; no C-contiguous float64 copy is made unless it is needed.)
-    source = np.ascontiguousarray(data, dtype=np.float32)
-    if not np.array_equal(source, data):
-        source = np.ascontiguousarray(data)
+    change_limit = float(np.ldexp(1.0, exponent))  # R's test `change < 1` on the unscaled data
     n_iter = rlen
     threshold = radii[0]
     for it in range(rlen):
@@ -555,7 +439,6 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
             source,
             order,
             codes_t,
-            codes32,
             base,
             int(ydim),
             neighbours,
@@ -565,12 +448,13 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
             niter,
             alphas,
             radii,
-            scale,
+            change_limit,
         )
-        if change < 1.0:
+        if change < change_limit:
             n_iter = it + 1
             break
-    return np.ascontiguousarray(codes_t[:, :n_nodes].T), n_iter
+    trained = codes_t[:, :n_nodes].T.astype(np.float64)
+    return np.ascontiguousarray(np.ldexp(trained, -exponent) if exponent else trained), n_iter
 
 
 def batch_som(data, codes, nhbrdist, rlen, radii, n_threads=None):

@@ -125,7 +125,8 @@ def flowsom(
         uses that class) and options of its cluster and metacluster models. Without ``model``, the cluster model is
         pixelflowsom's SOM (``fsom.model.cluster_model`` is a :class:`~pixelflowsom.harpy._model.PixelSOMEstimator`)
         and its option ``som`` chooses the algorithm, as :class:`~pixelflowsom.PixelFlowSOM`'s ``som``:
-        ``"online"`` (the default: FlowSOM's online SOM, exactly as R FlowSOM runs it, on pixelflowsom's kernels),
+        ``"online"`` (the default: FlowSOM's online SOM as R FlowSOM runs it, in float32 arithmetic, on
+        pixelflowsom's kernels),
         ``"hybrid"`` (pixelflowsom's batch SOM with FlowSOM's grid, neighbourhood and radius schedule, finished by
         three passes of FlowSOM's online updates in their final, winner-only regime) or ``"batch"`` (the batch SOM
         alone). The default was chosen on the real images of ``benchmarks/bench_real.py`` (MIBI-TOF and CODEX,
