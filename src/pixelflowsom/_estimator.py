@@ -81,7 +81,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         Fraction of the rows (pixels) to train on, in (0, 1]: ``int(fraction * n_rows)`` rows are drawn without
         replacement.
     som : {"online", "hybrid", "batch"} or estimator, default="online"
-        SOM training algorithm. ``"online"`` is FlowSOM's single-sample SOM. ``"batch"`` runs ``rlen`` epochs of the
+        SOM training algorithm. ``"online"`` is FlowSOM's single-sample SOM (R FlowSOM's algorithm, in float32
+        arithmetic: see :mod:`pixelflowsom._som`). ``"batch"`` runs ``rlen`` epochs of the
         batch SOM (every epoch assigns the whole sample with the matrix-multiply kernel and moves each code to the
         mean of the samples won by its grid neighbourhood): much faster on large samples, but a higher quantization
         error on real tissue (5-9% above the online SOM's on the images of ``benchmarks/bench_real.py``).
