@@ -370,7 +370,8 @@ def training_exponent(data, codes):
     ``e`` that brings it into ``[0.5, 1)``. Scaling by a power of two is exact, and every step of the online SOM
     commutes with it (except where float32 would overflow or underflow, which the scaling avoids).
     """
-    largest = max(float(np.max(np.abs(data))), float(np.max(np.abs(codes))))
+    # max and -min: no temporary of the data's size (np.abs would make one)
+    largest = max(float(np.max(data)), -float(np.min(data)), float(np.max(codes)), -float(np.min(codes)))
     if largest == 0.0 or 2.0**-_SCALE_LIMIT <= largest <= 2.0**_SCALE_LIMIT:
         return 0
     return -int(np.frexp(largest)[1])
