@@ -140,7 +140,8 @@ def float32_winners_differ(X, codes):
 
 
 def quantization_error(X, codes):
-    return float(np.sqrt(((X[:, None, :] - codes[None]) ** 2).sum(axis=2).min(axis=1)).mean())
+    """Mean distance of the rows of ``X`` to their nearest code (float64)."""
+    return float(nearest_nodes(X, codes, return_distances=True)[1].mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -190,12 +191,15 @@ def test_online_som_huge_and_tiny_data_are_scaled_exactly(exponent):
     codes0 = X[:9]
     scaled, scaled_codes = np.ldexp(X, exponent), np.ldexp(codes0, exponent)
     assert _som.training_exponent(scaled, scaled_codes) != 0
-    args = (nh, 1, (0.05, 0.01), (2.0, 0.0), check_random_state(0))
-    got, _ = _som.online_som(scaled, scaled_codes, *args, ydim=3)
-    expected, _ = _som.online_som(X, codes0, nh, 1, (0.05, 0.01), (2.0, 0.0), check_random_state(0), ydim=3)
+
+    def train(data, codes, rlen):
+        return _som.online_som(data, codes, nh, rlen, (0.05, 0.01), (2.0, 0.0), check_random_state(0), ydim=3)
+
+    got, _ = train(scaled, scaled_codes, 1)
+    expected, _ = train(X, codes0, 1)
     np.testing.assert_array_equal(got, np.ldexp(expected, exponent))
     # R's early-stopping test is on the data as given: a pass that moves tiny codes by less than 1 in total stops.
-    _, n_iter = _som.online_som(scaled, scaled_codes, nh, 3, (0.05, 0.01), (2.0, 0.0), check_random_state(0), ydim=3)
+    _, n_iter = train(scaled, scaled_codes, 3)
     assert n_iter == (1 if exponent < 0 else 3)
 
 
@@ -297,11 +301,7 @@ def test_batch_som_quantization_error_close_to_online():
     codes0 = X[check_random_state(0).choice(len(X), 100, replace=False)]
     online, _ = _som.online_som(X, codes0, nh, 10, alphas, radii, check_random_state(1), ydim=10)
     batch, _ = _som.batch_som(X, codes0, nh, 10, radii)
-
-    def qe(codes):
-        return nearest_nodes(X, codes, return_distances=True)[1].mean()
-
-    assert qe(batch) <= 1.05 * qe(online)
+    assert quantization_error(X, batch) <= 1.05 * quantization_error(X, online)
 
 
 @pytest.mark.parametrize("mst", [1, 2])
@@ -332,7 +332,7 @@ def test_hybrid_quantization_error_at_most_the_online_soms():
         codes, _ = _som.train_som(
             X, 10, 10, rlen=10, mst=1, alpha=(0.05, 0.01), som=som, random_state=check_random_state(0)
         )
-        return nearest_nodes(X, codes, return_distances=True)[1].mean()
+        return quantization_error(X, codes)
 
     online, hybrid, batch = qe("online"), qe("hybrid"), qe("batch")
     assert hybrid <= online

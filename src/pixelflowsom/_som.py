@@ -213,9 +213,10 @@ def online_som_pass(
        (``ydim > 0``) the Chebyshev ball is a window of rows ``x0..x1`` and columns ``y0..y1``; the rows' nodes are
        consecutive, so each channel is updated with one vectorised loop over them, the nodes outside the window with
        the weight 0 instead of ``alpha`` (their values are rewritten unchanged: ``c + (x - c) * 0`` is ``c`` when
-       ``x - c`` is finite, which learning rates in ``[0, 1]`` guarantee, see :func:`online_som`; a ``-0.0`` comes
-       back as ``+0.0``). With other learning rates, or on grids much wider than the window (more than 64 columns),
-       the window is updated row by row.
+       ``x - c`` is finite, which learning rates in ``[0, 1]`` guarantee: the codes then stay within the range of the
+       initial codes and the data, at most ``2**_SCALE_LIMIT`` in magnitude, see :func:`training_exponent`; a
+       ``-0.0`` comes back as ``+0.0``). With other learning rates, or on grids much wider than the window (more
+       than 64 columns), the window is updated row by row.
 
     Parameters
     ----------
