@@ -44,3 +44,25 @@ def image_reference(image, codes, node_metacluster, channels=None):
     nodes = nearest_reference(values.reshape(values.shape[0], -1).T, codes)
     metas = np.where(nodes >= 0, np.asarray(node_metacluster)[np.maximum(nodes, 0)] + 1, 0)
     return np.stack([nodes + 1, metas]).reshape((2, *spatial))
+
+
+def fma32(a, b, c):
+    """``a * b + c`` rounded once to float32 (the fused multiply-add) for float32 values, in plain numpy.
+
+    The product of two float32 is exact in float64, but ``s = a * b + c`` in float64 is rounded, and rounding ``s``
+    to float32 then rounds twice. The two roundings differ from one only when ``s`` lands exactly halfway between
+    two float32 while the exact sum ``s + e`` (``e`` by TwoSum) lies off it: the exact sum then rounds to the
+    float32 on the side of ``e``.
+    """
+    a, b, c = (np.asarray(v, dtype=np.float32) for v in (a, b, c))
+    product = a.astype(np.float64) * b.astype(np.float64)
+    addend = c.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = product + addend
+        v = s - product
+        e = (product - (s - v)) + (addend - v)
+        rounded = s.astype(np.float32)
+        back = rounded.astype(np.float64)
+        other = np.nextafter(rounded, np.where(s > back, np.inf, -np.inf).astype(np.float32))
+        halfway = (s != back) & (2 * s == back + other.astype(np.float64))
+        return np.where(halfway & (e != 0) & ((e > 0) == (other > rounded)), other, rounded)

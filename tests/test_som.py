@@ -9,14 +9,15 @@ from sklearn.utils import check_random_state
 from pixelflowsom import _som
 from pixelflowsom._nearest import nearest_nodes
 
-from .conftest import make_blobs
+from .conftest import fma32, make_blobs
 
 
 def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=np.float32):
     """FlowSOM's C_SOM, written node by node in plain numpy (R's early stop included), in ``dtype``.
 
     float64 is R's arithmetic. float32 is the kernel's: data, codes and the learning rate rounded to float32, every
-    operation rounded to float32, squared distances summed in channel order.
+    operation rounded to float32, squared distances summed in channel order, each term added by a fused
+    multiply-add (:func:`fma32`: ``d * d + sum`` rounded once).
     """
     data = data.astype(dtype)
     codes = codes.astype(dtype)
@@ -31,7 +32,7 @@ def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=n
             dist = np.zeros(codes.shape[0], dtype)
             for j in range(codes.shape[1]):
                 d = data[i, j] - codes[:, j]
-                dist = dist + d * d
+                dist = fma32(d, d, dist) if dtype == np.float32 else dist + d * d
             nearest = int(np.argmin(dist))
             if threshold < 1.0:
                 threshold = 0.5

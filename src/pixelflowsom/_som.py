@@ -39,6 +39,7 @@ import numpy as np
 from scipy.sparse.csgraph import minimum_spanning_tree, shortest_path
 from scipy.spatial.distance import cdist, pdist, squareform
 
+from . import _simd
 from ._nearest import nearest_nodes_channel_first
 
 
@@ -109,10 +110,12 @@ def radius_alpha_schedule(
 
 #: Samples gathered at a time by the online SOM (1,024 x p float32 rows stay in L1/L2 cache).
 _GATHER = 1024
-#: The online SOM pads the node axis of its transposed codes to a multiple of 16 (a 64-byte row of float32) and
-#: aligns every row to 64 bytes, so that the vectorised loops over nodes start on cache lines; the reductions over
-#: the nodes' distances run over a multiple of 64 (the vectorised loop's block: no scalar remainder).
-_NODE_PAD = 16
+#: The online SOM pads the node axis of its transposed codes to a multiple of 16 (one vector of
+#: :mod:`pixelflowsom._simd`, a 64-byte row of float32), at least ``_GROUP`` long (its distances take the nodes four
+#: vectors at a time), and aligns every row to 64 bytes, so that vectors of nodes start on cache lines; the argmin over
+#: the nodes' distances runs over a multiple of 64 (the vectorised loop's block: no scalar remainder).
+_NODE_PAD = _simd.LANES
+_GROUP = 4 * _simd.LANES
 _REDUCE_PAD = 64
 _ALIGN = 64
 #: The online SOM trains on data whose largest magnitude lies in ``[2**-_SCALE_LIMIT, 2**_SCALE_LIMIT]``: its
@@ -133,34 +136,41 @@ def _abs_diff_sum(samples, t, codes, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True)
-def _distances(samples, t, codes, base, dist):
+def _distances(samples, t, flat, kp, base, dist):
     """Squared distances of sample ``t`` to every (padded) node, in float32, into ``dist[:kp]``.
 
-    ``codes`` is ``(p, kp)``, node-minor: the loop over nodes is the vectorised one, four channels per sweep so that
-    each distance is loaded and stored once per four channels. Each node's sum is ``((d0**2 + d1**2) + d2**2) ...``
-    in channel order, every operation rounded to float32 (no fused multiply-add): the numpy reference computes the
-    same bits. Each sum starts at ``base`` (0 for the nodes, ``inf`` for padding).
+    ``flat`` is the ``(p, kp)`` node-minor codes, flattened; ``kp >= _GROUP`` is a multiple of ``_simd.LANES``. The
+    nodes are taken ``_GROUP`` at a time (the last group overlaps the one before when ``kp`` is not a multiple of
+    it: its nodes are computed twice, with the same result), each group as four vectors of 16 nodes that stay in
+    registers over the channels. Each node's sum is ``fma(d_p, d_p, ... fma(d_1, d_1, fma(d_0, d_0, base)))`` in
+    channel order, ``d_j = x_j - c_j`` rounded to float32 and each fused multiply-add rounded once: the numpy
+    reference computes the same bits. Each sum starts at ``base`` (0 for the nodes, ``inf`` for padding).
     """
-    p, kp = codes.shape
-    p4 = p - p % 4
-    for cd in range(kp):
-        dist[cd] = base[cd]
-    for j in range(0, p4, 4):
-        x0 = samples[t, j]
-        x1 = samples[t, j + 1]
-        x2 = samples[t, j + 2]
-        x3 = samples[t, j + 3]
-        for cd in range(kp):
-            d0 = x0 - codes[j, cd]
-            d1 = x1 - codes[j + 1, cd]
-            d2 = x2 - codes[j + 2, cd]
-            d3 = x3 - codes[j + 3, cd]
-            dist[cd] = dist[cd] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
-    for j in range(p4, p):
-        xj = samples[t, j]
-        for cd in range(kp):
-            d = xj - codes[j, cd]
-            dist[cd] = dist[cd] + d * d
+    p = samples.shape[1]
+    lanes = _simd.LANES
+    group = 0
+    while group < kp:
+        b = min(group, kp - _GROUP)
+        a0 = _simd.load(base, b)
+        a1 = _simd.load(base, b + lanes)
+        a2 = _simd.load(base, b + 2 * lanes)
+        a3 = _simd.load(base, b + 3 * lanes)
+        for j in range(p):
+            x = _simd.splat(samples[t, j])
+            row = j * kp + b
+            d0 = _simd.sub(x, _simd.load(flat, row))
+            d1 = _simd.sub(x, _simd.load(flat, row + lanes))
+            d2 = _simd.sub(x, _simd.load(flat, row + 2 * lanes))
+            d3 = _simd.sub(x, _simd.load(flat, row + 3 * lanes))
+            a0 = _simd.fma(d0, d0, a0)
+            a1 = _simd.fma(d1, d1, a1)
+            a2 = _simd.fma(d2, d2, a2)
+            a3 = _simd.fma(d3, d3, a3)
+        _simd.store(dist, b, a0)
+        _simd.store(dist, b + lanes, a1)
+        _simd.store(dist, b + 2 * lanes, a2)
+        _simd.store(dist, b + 3 * lanes, a3)
+        group += _GROUP
 
 
 @numba.njit(cache=True, nogil=True)
@@ -197,6 +207,25 @@ def _gather(data, order, start, samples):
         row = order[start + r]
         for j in range(p):
             samples[r, j] = data[row, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _update_run(samples, t, flat, kp, column_f, node_f, first, last, y0, y1, alpha):
+    """Move the nodes ``first..last-1`` whose grid column lies in ``y0..y1-1`` towards sample ``t``, in place.
+
+    Each moves by ``c + (x - c) * alpha``, every operation rounded to float32. The update runs over whole vectors of
+    16 nodes, from the one holding ``first`` to the one holding ``last - 1``, each over all channels while its
+    weights stay in a register; the other nodes in them get the weight 0 (their values are rewritten unchanged:
+    ``c + (x - c) * 0`` is ``c`` when ``x - c`` is finite; a ``-0.0`` comes back as ``+0.0``). ``column_f`` and
+    ``node_f`` are every node's grid column and index as float32; ``flat`` is the ``(p, kp)`` codes, flattened.
+    """
+    w_alpha = _simd.splat(alpha)
+    for b in range(first - first % _NODE_PAD, last, _simd.LANES):
+        w = _simd.where_within(_simd.load(column_f, b), np.float32(y0), np.float32(y1), w_alpha)
+        w = _simd.where_within(_simd.load(node_f, b), np.float32(first), np.float32(last), w)
+        for j in range(samples.shape[1]):
+            c = _simd.load(flat, j * kp + b)
+            _simd.store(flat, j * kp + b, _simd.add(c, _simd.mul(_simd.sub(_simd.splat(samples[t, j]), c), w)))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -260,6 +289,26 @@ def online_som_pass(
     """
     p, kp = codes.shape
     n_nodes = neighbours.shape[0]
+    # The vector loads and the gather read without bounds checks: check every shape they rely on first.
+    if (
+        kp % _simd.LANES
+        or not _GROUP <= kp <= 2**24
+        or base.shape[0] != kp
+        or data.shape[1] != p
+        or not 0 < n_nodes <= kp
+    ):
+        raise ValueError("online_som_pass: codes, base, data and neighbours do not match")
+    if (
+        ydim > 0
+        and n_nodes % ydim
+        or ydim == 0
+        and (neighbours.shape[1] != n_nodes or neighbour_dist.shape != neighbours.shape)
+    ):
+        raise ValueError("online_som_pass: the neighbourhood does not match the nodes")
+    if order.shape[0] and (order.min() < 0 or order.max() >= data.shape[0]):
+        raise ValueError("online_som_pass: order indexes rows outside data")
+    flat = codes.reshape(-1)
+    flat_data = data.reshape(-1)
     step = (radii[0] - radii[1]) / niter
     xdim = n_nodes // ydim if ydim > 0 else 0
     change = 0.0
@@ -268,23 +317,28 @@ def online_som_pass(
     dist = np.full(kr, np.inf, np.float32)  # entries kp.. stay inf
     bits = dist.view(np.int32)
     node_index = np.arange(kr).astype(np.int32)
-    weight = np.zeros(kp, np.float32)
-    zero = np.float32(0.0)
-    # Grid row and column of every node; padding nodes get a column no window contains.
+    # Grid row and column of every node, and as float32 (exact) for the vectors of window weights, with the node
+    # index; padding nodes get a column no window contains.
     row_of = np.zeros(kp, np.int64)
-    column = np.full(kp, np.iinfo(np.int64).max // 2, np.int64)
+    column = np.full(kp, -1, np.int64)
     if ydim > 0:
         for cd in range(n_nodes):
             row_of[cd] = cd // ydim
             column[cd] = cd % ydim
+    column_f = column.astype(np.float32)
+    node_f = np.arange(kp).astype(np.float32)
     convex = 0.0 <= min(alphas[0], alphas[1]) and max(alphas[0], alphas[1]) <= 1.0
     one = np.uint64(1)
     for t_all in range(order.shape[0]):
         t = t_all % _GATHER
         if t == 0:
             _gather(data, order, t_all, samples)
+        ahead = t_all + _GATHER
+        if ahead < order.shape[0]:
+            _simd.prefetch(flat_data, order[ahead] * p)
+            _simd.prefetch(flat_data, order[ahead] * p + p - 1)
         # 1. Best-matching unit.
-        _distances(samples, t, codes, base, dist)
+        _distances(samples, t, flat, kp, base, dist)
         nearest = _argmin(bits, node_index)
         # 2. Update the neighbourhood.
         if threshold < 1.0:
@@ -301,34 +355,10 @@ def online_som_pass(
             if change < change_limit:
                 for q in range(x0, x1):
                     change += _abs_diff_sum(samples, t, codes, q * ydim + y0, q * ydim + y1)
-            if r == 0:
-                for j in range(p):
-                    c = codes[j, nearest]
-                    codes[j, nearest] = c + (samples[t, j] - c) * alpha
-            elif convex and ydim <= 64 + 2 * (y1 - y0):
-                # Rows x0..x1 as one run of nodes, from a multiple of 16 (aligned vectors) to the next multiple of
-                # 16 after the window, each channel in one vectorised loop; nodes outside the window get the weight
-                # 0. Unsigned indices: numba's wraparound of negative indices would otherwise stop the loops from
-                # vectorising.
+            if convex and (r == 0 or ydim <= 64 + 2 * (y1 - y0)):
+                # Rows x0..x1 as one run of nodes; nodes in it outside the window get the weight 0.
                 first = x0 * ydim + y0
-                last = (x1 - 1) * ydim + y1
-                lo = np.uint64(first - first % _NODE_PAD)
-                hi = np.uint64(last + (-last) % _NODE_PAD)
-                first_u = np.uint64(first)
-                last_u = np.uint64(last)
-                width = np.uint64(y1 - y0)
-                cd = lo
-                while cd < hi:
-                    inside = (np.uint64(column[cd] - y0) < width) & (cd >= first_u) & (cd < last_u)
-                    weight[cd] = alpha if inside else zero
-                    cd += one
-                for j in range(p):
-                    xj = samples[t, j]
-                    cd = lo
-                    while cd < hi:
-                        c = codes[j, cd]
-                        codes[j, cd] = c + (xj - c) * weight[cd]
-                        cd += one
+                _update_run(samples, t, flat, kp, column_f, node_f, first, (x1 - 1) * ydim + y1, y0, y1, alpha)
             else:
                 # One loop per row of the window.
                 for q in range(x0, x1):
@@ -341,6 +371,11 @@ def online_som_pass(
                             c = codes[j, cd]
                             codes[j, cd] = c + (xj - c) * alpha
                             cd += one
+        elif convex and (n_nodes == 1 or neighbour_dist[nearest, 1] > threshold):
+            # Only the winner moves.
+            if change < change_limit:
+                change += _abs_diff_sum(samples, t, codes, nearest, nearest + 1)
+            _update_run(samples, t, flat, kp, column_f, node_f, nearest, nearest + 1, -np.inf, np.inf, alpha)
         else:
             for k in range(n_nodes):
                 if neighbour_dist[nearest, k] > threshold:
@@ -416,7 +451,7 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     # Samples are read in random order, a cache miss each: from a C-contiguous float32 copy (the sample of an image
     # fit is channel-major).
     source = np.ascontiguousarray(data, dtype=np.float32)
-    kp = -(-n_nodes // _NODE_PAD) * _NODE_PAD
+    kp = max(_GROUP, -(-n_nodes // _NODE_PAD) * _NODE_PAD)
     codes_t = _aligned_zeros((p, kp), np.float32)
     codes_t[:, :n_nodes] = codes.T
     base = np.zeros(kp, np.float32)

@@ -1,0 +1,100 @@
+"""The float32 vector intrinsics against numpy, and the numpy fused multiply-add against exact rationals."""
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+import pytest
+from numba.core.errors import TypingError
+
+from pixelflowsom import _simd
+
+from .conftest import fma32
+
+LANES = _simd.LANES
+
+
+def exactly_rounded_float32(value: Fraction) -> np.float32:
+    """``value`` rounded to the nearest float32, ties to even, decided on exact rationals."""
+    guess = np.float32(float(value))  # within one float32 of the answer (rounded twice)
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+
+    def key(candidate):
+        return abs(Fraction(float(candidate)) - value), int(candidate.view(np.int32)) & 1
+
+    return min(candidates, key=key)
+
+
+def double_rounding_case():
+    """``a * b + c`` whose float64 sum lands exactly halfway between two float32, the exact sum just below it.
+
+    ``a * b = 2**-24 - 2**-70`` and ``c = 1 + 2**-23``: the exact sum rounds down to ``c``, the float64 sum
+    ``1 + 3 * 2**-24`` is a tie that rounds to even, up to ``1 + 2**-22``.
+    """
+    a = np.float32(2.0**-12 * (1 + 2.0**-23))
+    b = np.float32(2.0**-12 * (1 - 2.0**-23))
+    c = np.float32(1 + 2.0**-23)
+    return a, b, c
+
+
+def random_triples(n, seed):
+    rng = np.random.default_rng(seed)
+    mantissa = rng.uniform(-2, 2, size=(3, n))
+    exponent = rng.integers(-30, 30, size=(3, n))
+    return tuple(np.ldexp(mantissa, exponent).astype(np.float32))
+
+
+def test_fma32_reference_rounds_once():
+    a, b, c = (np.concatenate([x, [y]]) for x, y in zip(random_triples(3000, 0), double_rounding_case(), strict=True))
+    exact = [
+        exactly_rounded_float32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+        for x, y, z in zip(a, b, c, strict=True)
+    ]
+    np.testing.assert_array_equal(fma32(a, b, c).view(np.int32), np.array(exact, np.float32).view(np.int32))
+    # The crafted case is one where rounding twice is wrong.
+    a, b, c = double_rounding_case()
+    assert np.float32(float(a) * float(b) + float(c)) != fma32(a, b, c) == c
+
+
+@numba.njit
+def apply_all(x, y, z, low, high, out):
+    """Every intrinsic over ``len(x) // LANES`` vectors; results side by side in ``out``."""
+    n = x.shape[0]
+    for b in range(0, n, LANES):
+        vx = _simd.load(x, b)
+        vy = _simd.load(y, b)
+        vz = _simd.load(z, b)
+        _simd.store(out, b, _simd.sub(vx, vy))
+        _simd.store(out, n + b, _simd.mul(vx, vy))
+        _simd.store(out, 2 * n + b, _simd.add(vx, vy))
+        _simd.store(out, 3 * n + b, _simd.fma(vx, vy, vz))
+        _simd.store(out, 4 * n + b, _simd.splat(x[b + 1]))
+        _simd.store(out, 5 * n + b, _simd.where_within(vx, low, high, vz))
+
+
+def test_intrinsics_match_numpy_bit_for_bit():
+    x, y, z = random_triples(8 * LANES, 1)
+    x[:4] = [0.0, -0.0, np.inf, 1.0]
+    y[:4] = [-0.0, -0.0, 1.0, 1.0]
+    x[-1], y[-1], z[-1] = double_rounding_case()
+    out = np.full(6 * x.size + LANES, np.nan, np.float32)  # a vector past the end: stores stay inside their range
+    low, high = np.float32(-(2.0**10)), np.float32(2.0**10)
+    apply_all(x, y, z, low, high, out)
+    expected = np.concatenate(
+        [x - y, x * y, x + y, fma32(x, y, z), np.repeat(x[1::LANES], LANES), np.where((low <= x) & (x < high), z, 0)]
+    )
+    np.testing.assert_array_equal(out[: 6 * x.size].view(np.int32), expected.view(np.int32))
+    assert np.isnan(out[6 * x.size :]).all()
+
+
+@numba.njit
+def copy_first_vector(array, out):
+    _simd.store(out, 0, _simd.load(array, 0))
+
+
+@pytest.mark.parametrize(
+    "array", [np.zeros(LANES), np.zeros((2, LANES), np.float32), np.zeros(2 * LANES, np.float32)[::2]]
+)
+def test_load_accepts_only_contiguous_1d_float32(array):
+    with pytest.raises(TypingError):
+        copy_first_vector(array, np.zeros(LANES, np.float32))
