@@ -111,11 +111,12 @@ def radius_alpha_schedule(
 #: Samples gathered at a time by the online SOM (1,024 x p float32 rows stay in L1/L2 cache).
 _GATHER = 1024
 #: The online SOM pads the node axis of its transposed codes to a multiple of 16 (one vector of
-#: :mod:`pixelflowsom._simd`, a 64-byte row of float32), at least ``_GROUP`` long (its distances take the nodes four
-#: vectors at a time), and aligns every row to 64 bytes, so that vectors of nodes start on cache lines; the argmin over
-#: the nodes' distances runs over a multiple of 64 (the vectorised loop's block: no scalar remainder).
+#: :mod:`pixelflowsom._simd`, a 64-byte row of float32), at least ``_GROUP`` long (its distances take the nodes seven
+#: vectors at a time: 112 nodes, a 10 x 10 grid; smaller grids compute padding), and aligns every row to 64 bytes, so
+#: that vectors of nodes start on cache lines; the argmin over the nodes' distances runs over a multiple of 64 (the
+#: vectorised loop's block: no scalar remainder).
 _NODE_PAD = _simd.LANES
-_GROUP = 4 * _simd.LANES
+_GROUP = 7 * _simd.LANES
 _REDUCE_PAD = 64
 _ALIGN = 64
 #: The online SOM trains on data whose largest magnitude lies in ``[2**-_SCALE_LIMIT, 2**_SCALE_LIMIT]``: its
@@ -141,52 +142,62 @@ def _distances(samples, t, flat, kp, base, dist):
 
     ``flat`` is the ``(p, kp)`` node-minor codes, flattened; ``kp >= _GROUP`` is a multiple of ``_simd.LANES``. The
     nodes are taken ``_GROUP`` at a time (the last group overlaps the one before when ``kp`` is not a multiple of
-    it: its nodes are computed twice, with the same result), each group as four vectors of 16 nodes that stay in
-    registers over the channels. Each node's sum is ``fma(d_p, d_p, ... fma(d_1, d_1, fma(d_0, d_0, base)))`` in
-    channel order, ``d_j = x_j - c_j`` rounded to float32 and each fused multiply-add rounded once: the numpy
-    reference computes the same bits. Each sum starts at ``base`` (0 for the nodes, ``inf`` for padding).
+    it: its nodes are computed twice, with the same result), each group as seven vectors of 16 nodes that stay in
+    registers over the channels (seven independent sums hide the latency of each fused multiply-add). Each node's
+    sum is ``fma(d_p, d_p, ... fma(d_1, d_1, fma(d_0, d_0, base)))`` in channel order, ``d_j = x_j - c_j`` rounded
+    to float32 and each fused multiply-add rounded once: the numpy reference computes the same bits. Each sum starts
+    at ``base`` (0 for the nodes, ``inf`` for padding).
     """
     p = samples.shape[1]
     lanes = _simd.LANES
     group = 0
     while group < kp:
         b = min(group, kp - _GROUP)
-        a0 = _simd.load(base, b)
-        a1 = _simd.load(base, b + lanes)
+        a0 = _simd.load(base, b + 0 * lanes)
+        a1 = _simd.load(base, b + 1 * lanes)
         a2 = _simd.load(base, b + 2 * lanes)
         a3 = _simd.load(base, b + 3 * lanes)
+        a4 = _simd.load(base, b + 4 * lanes)
+        a5 = _simd.load(base, b + 5 * lanes)
+        a6 = _simd.load(base, b + 6 * lanes)
         for j in range(p):
             x = _simd.splat(samples[t, j])
             row = j * kp + b
-            d0 = _simd.sub(x, _simd.load(flat, row))
-            d1 = _simd.sub(x, _simd.load(flat, row + lanes))
+            d0 = _simd.sub(x, _simd.load(flat, row + 0 * lanes))
+            d1 = _simd.sub(x, _simd.load(flat, row + 1 * lanes))
             d2 = _simd.sub(x, _simd.load(flat, row + 2 * lanes))
             d3 = _simd.sub(x, _simd.load(flat, row + 3 * lanes))
+            d4 = _simd.sub(x, _simd.load(flat, row + 4 * lanes))
+            d5 = _simd.sub(x, _simd.load(flat, row + 5 * lanes))
+            d6 = _simd.sub(x, _simd.load(flat, row + 6 * lanes))
             a0 = _simd.fma(d0, d0, a0)
             a1 = _simd.fma(d1, d1, a1)
             a2 = _simd.fma(d2, d2, a2)
             a3 = _simd.fma(d3, d3, a3)
-        _simd.store(dist, b, a0)
-        _simd.store(dist, b + lanes, a1)
+            a4 = _simd.fma(d4, d4, a4)
+            a5 = _simd.fma(d5, d5, a5)
+            a6 = _simd.fma(d6, d6, a6)
+        _simd.store(dist, b + 0 * lanes, a0)
+        _simd.store(dist, b + 1 * lanes, a1)
         _simd.store(dist, b + 2 * lanes, a2)
         _simd.store(dist, b + 3 * lanes, a3)
+        _simd.store(dist, b + 4 * lanes, a4)
+        _simd.store(dist, b + 5 * lanes, a5)
+        _simd.store(dist, b + 6 * lanes, a6)
         group += _GROUP
 
 
 @numba.njit(cache=True, nogil=True)
-def _argmin(bits, node_index):
+def _argmin(bits):
     """Index of the smallest of the non-negative float32 values whose int32 bits are ``bits``, the lowest on ties.
 
-    Non-negative floats order as their bits, which makes both passes vectorised integer reductions.
+    Non-negative floats order as their bits, so ``bits << 32 | index`` orders as (value, index): one vectorised
+    integer reduction finds both.
     """
-    n = bits.shape[0]
-    best = bits[0]
-    for cd in range(n):
-        best = min(best, bits[cd])
-    first = np.int32(n)
-    for cd in range(n):
-        first = min(first, node_index[cd] if bits[cd] == best else np.int32(n))
-    return first
+    best = np.int64(0x7FFFFFFFFFFFFFFF)
+    for cd in range(bits.shape[0]):
+        best = min(best, (np.int64(bits[cd]) << 32) | np.int64(cd))
+    return best & 0xFFFFFFFF
 
 
 @numba.njit(cache=True, nogil=True)
@@ -316,7 +327,6 @@ def online_som_pass(
     kr = -(-kp // _REDUCE_PAD) * _REDUCE_PAD
     dist = np.full(kr, np.inf, np.float32)  # entries kp.. stay inf
     bits = dist.view(np.int32)
-    node_index = np.arange(kr).astype(np.int32)
     # Grid row and column of every node, and as float32 (exact) for the vectors of window weights, with the node
     # index; padding nodes get a column no window contains.
     row_of = np.zeros(kp, np.int64)
@@ -339,7 +349,7 @@ def online_som_pass(
             _simd.prefetch(flat_data, order[ahead] * p + p - 1)
         # 1. Best-matching unit.
         _distances(samples, t, flat, kp, base, dist)
-        nearest = _argmin(bits, node_index)
+        nearest = _argmin(bits)
         # 2. Update the neighbourhood.
         if threshold < 1.0:
             threshold = 0.5
