@@ -14,9 +14,11 @@ The online SOM follows R FlowSOM's ``C_SOM`` (``FlowSOM/src/som.c``) step by ste
   test; the Python ``flowsom`` port drops it because its loop cannot be left early).
 
 The online SOM runs in float32, R's in float64: data, codes and learning rate are rounded to float32 and every
-distance and update is float32 arithmetic (squared distances summed in channel order, no fused multiply-add), so
-that one update costs half the memory traffic and twice the vector width; ``tests/test_som.py`` checks it bit for
-bit against a float32 numpy transcription of ``C_SOM``, and against R's float64 arithmetic to 1e-5.
+distance and update is float32 arithmetic (squared distances summed in channel order, each squared difference added
+by a fused multiply-add, rounded once), so that one update costs half the memory traffic and twice the vector width;
+``tests/test_som.py`` checks it bit for bit against a float32 numpy transcription of ``C_SOM``, and against R's
+float64 arithmetic to 1e-5. The loops over nodes are written over sixteen-lane vectors (:mod:`pixelflowsom._simd`):
+each best-matching-unit search keeps 112 nodes' sums in registers over all channels.
 
 Where float32 rounding can change a best-matching unit: only where two nodes' squared distances to a sample agree to
 about 7 significant digits (a float32 ulp), e.g. codes that differ in their 7th or 8th digit, or data far from the
