@@ -100,8 +100,10 @@ def reference_train_online(sample, xdim, ydim, rlen, mst, alpha, rs):
         (1, 1, 2),  # a single node
         (1, 9, 3),  # grid 1 x N
         (9, 1, 3),  # grid N x 1
-        (2, 80, 3),  # wide grid: narrow windows are updated row by row
-        (5, 7, 20),  # 35 nodes: padded to 48, distances reduced over 64
+        (2, 80, 3),  # wide grid: narrow windows are updated row by row; 160 nodes: two overlapping groups
+        (5, 7, 20),  # 35 nodes: padded to one group of 112
+        (10, 10, 20),  # FlowSOM's default grid: 100 nodes, one group of 112
+        (12, 12, 3),  # 144 nodes: the second group of 112 overlaps the first
     ],
 )
 def test_online_som_matches_numpy_reference_shapes(xdim, ydim, p):
@@ -222,6 +224,51 @@ def test_online_som_exact_ties_go_to_lowest_node():
     codes0[7] = codes0[3]
     codes0[11] = codes0[3]
     assert_online_som_is_the_reference(X, codes0, nh, 2, (0.05, 0.01), (2.0, 0.0), 3, ydim=4)
+
+
+def pass_arguments(n=50, p=3, n_nodes=12, ydim=4):
+    """Valid arguments of ``online_som_pass`` (a 3 x 4 grid), as a dict to break one at a time."""
+    kp = _som._GROUP
+    data = np.zeros((n, p), np.float32)
+    base = np.zeros(kp, np.float32)
+    base[n_nodes:] = np.inf
+    return {
+        "data": data,
+        "order": np.arange(n),
+        "codes": np.zeros((p, kp), np.float32),
+        "base": base,
+        "ydim": ydim,
+        "neighbours": np.zeros((n_nodes, 0), np.int64),
+        "neighbour_dist": np.zeros((n_nodes, 0)),
+        "threshold": 1.5,
+        "k0": 0,
+        "niter": n,
+        "alphas": (0.05, 0.01),
+        "radii": (1.5, 0.0),
+        "change_limit": 1.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"codes": np.zeros((3, 120), np.float32), "base": np.zeros(120, np.float32)}, "do not match"),
+        ({"codes": np.zeros((3, 48), np.float32), "base": np.zeros(48, np.float32)}, "do not match"),
+        ({"base": np.zeros(16, np.float32)}, "do not match"),
+        ({"data": np.zeros((50, 4), np.float32)}, "do not match"),
+        ({"neighbours": np.zeros((200, 0), np.int64)}, "do not match"),
+        ({"ydim": 5}, "neighbourhood"),
+        ({"ydim": 0}, "neighbourhood"),
+        ({"order": np.array([0, 50])}, "outside data"),
+        ({"order": np.array([-1, 3])}, "outside data"),
+    ],
+)
+def test_online_som_pass_checks_shapes_before_reading(change, match):
+    # The kernel's vector loads and its gather do not check bounds: mismatched arrays are refused up front.
+    arguments = pass_arguments() | change
+    with pytest.raises(ValueError, match=match):
+        _som.online_som_pass(**arguments)
+    _som.online_som_pass(**pass_arguments())  # the valid arguments run
 
 
 @pytest.mark.parametrize("ydim", [3, 0])

@@ -245,20 +245,22 @@ def _update_run(samples, t, flat, kp, column_f, node_f, first, last, y0, y1, alp
 def online_som_pass(
     data, order, codes, base, ydim, neighbours, neighbour_dist, threshold, k0, niter, alphas, radii, change_limit
 ):
-    """Run one pass of FlowSOM's online SOM (R's ``C_SOM``) in float32, in place. Assumes validated input.
+    """Run one pass of FlowSOM's online SOM (R's ``C_SOM``) in float32, in place.
 
-    Each update:
+    Checks the shapes of its arrays against each other first (its vector loads read without bounds checks), and
+    otherwise assumes validated input. Each update:
 
     1. *Best-matching unit*: :func:`_distances`, then :func:`_argmin` (the lowest index on ties).
     2. *Update*: every node within the current radius moves towards the sample, ``c + (x - c) * alpha``, each
        operation rounded to float32 (``alpha`` is R's float64 learning rate rounded to float32). On a grid
        (``ydim > 0``) the Chebyshev ball is a window of rows ``x0..x1`` and columns ``y0..y1``; the rows' nodes are
-       consecutive, so each channel is updated with one vectorised loop over them, the nodes outside the window with
-       the weight 0 instead of ``alpha`` (their values are rewritten unchanged: ``c + (x - c) * 0`` is ``c`` when
-       ``x - c`` is finite, which learning rates in ``[0, 1]`` guarantee: the codes then stay within the range of the
-       initial codes and the data, at most ``2**_SCALE_LIMIT`` in magnitude, see :func:`training_exponent`; a
-       ``-0.0`` comes back as ``+0.0``). With other learning rates, or on grids much wider than the window (more
-       than 64 columns), the window is updated row by row.
+       consecutive, so they are updated as one run of vectors (:func:`_update_run`), the nodes outside the window
+       with the weight 0 instead of ``alpha`` (rewritten unchanged when ``x - c`` is finite, which learning rates in
+       ``[0, 1]`` guarantee: the codes then stay within the range of the initial codes and the data, at most
+       ``2**_SCALE_LIMIT`` in magnitude, see :func:`training_exponent`). With other learning rates, or on grids much
+       wider than the window (more than 64 columns), the window is updated row by row. With any other
+       neighbourhood (``ydim == 0``), a winner that moves alone is updated as one vector, other neighbourhoods node
+       by node.
 
     Parameters
     ----------
@@ -267,8 +269,8 @@ def online_som_pass(
     order
         Row indices of the samples presented in this pass, in order.
     codes
-        ``(p, kp)`` float32 codes, node-minor, ``kp >= n_nodes`` a multiple of 16; padding nodes are 0 and never
-        selected. Updated in place.
+        ``(p, kp)`` float32 codes, node-minor, C-contiguous, ``kp >= max(n_nodes, _GROUP)`` a multiple of 16;
+        padding nodes are 0 and never selected. Updated in place.
     base
         ``(kp,)`` float32: 0 for the ``n_nodes`` nodes, ``inf`` for padding.
     ydim
@@ -383,7 +385,12 @@ def online_som_pass(
                             c = codes[j, cd]
                             codes[j, cd] = c + (xj - c) * alpha
                             cd += one
-        elif convex and (n_nodes == 1 or neighbour_dist[nearest, 1] > threshold):
+        elif (
+            convex
+            and neighbours[nearest, 0] == nearest
+            and neighbour_dist[nearest, 0] <= threshold
+            and (n_nodes == 1 or neighbour_dist[nearest, 1] > threshold)
+        ):
             # Only the winner moves.
             if change < change_limit:
                 change += _abs_diff_sum(samples, t, codes, nearest, nearest + 1)
