@@ -69,8 +69,36 @@ def test_label_image_equals_brute_force(layers):
 def test_label_image_refuses_other_channel_counts():
     model = SOMModel(np.zeros((4, 3)), np.zeros(4, np.int64))
     image = xr.DataArray(np.zeros((5, 8, 8), np.float32), dims=("c", "y", "x"))
-    with pytest.raises(ValueError, match="The image has 5 channel"):
+    with pytest.raises(ValueError, match="5 channel\\(s\\) of the image are selected"):
         label_image(image, model, n_ids=4)
+    with pytest.raises(ValueError, match="2 channel\\(s\\) of the image are selected"):
+        label_image(image, model, n_ids=4, channels=[0, 1])
+    with pytest.raises(ValueError, match="positions in 0..4"):
+        label_image(image, model, n_ids=4, channels=[0, 1, 5])
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [None, (5, 16, 16), (2, 16, 16), (1, 8, 32)],  # numpy-backed; one channel chunk; channels in several chunks
+)
+@pytest.mark.parametrize("channels", [[4, 0, 2], [1, 1, 3], [3, 2, 1]])
+def test_label_image_by_channel_positions_equals_brute_force_on_the_selection(chunks, channels):
+    rng = np.random.default_rng(11)
+    values = rng.random((5, 30, 44)).astype(np.float32)
+    values[channels[0], 3, 4] = np.nan  # a NaN in a selected channel: label 0
+    values[[c for c in range(5) if c not in channels][0], 7, 8] = np.nan  # in an unselected one: no effect
+    data = values if chunks is None else da.from_array(values, chunks=chunks)
+    image = xr.DataArray(data, dims=("c", "y", "x"))
+    model = SOMModel(rng.random((6, 3)), rng.integers(0, 4, 6))
+    out = label_image(image, model, n_ids=6, channels=channels).values
+    table = values[channels].reshape(3, -1).T
+    finite = np.isfinite(table).all(axis=1)
+    nodes = np.zeros(len(table), np.int64)
+    nodes[finite] = brute_force(table[finite], model.codes) + 1
+    metas = np.where(nodes > 0, model.node_metacluster[nodes - 1] + 1, 0)
+    np.testing.assert_array_equal(out.reshape(2, -1), np.stack([nodes, metas]))
+    assert out[0, 3, 4] == 0
+    assert out[0, 7, 8] > 0
 
 
 def test_image_block_task_refuses_other_channel_counts():
@@ -80,5 +108,5 @@ def test_image_block_task_refuses_other_channel_counts():
     model = SOMModel(np.zeros((4, 3)), np.zeros(4, np.int64))
     image = xr.DataArray(da.zeros((5, 8, 8), chunks=(5, 4, 4), dtype=np.float32), dims=("c", "y", "x"))
     out = label_image(image, dask.delayed(model), n_ids=4)
-    with pytest.raises(ValueError, match="An image block has 5 channel"):
+    with pytest.raises(ValueError, match="5 channel\\(s\\) of an image block are selected"):
         out.compute()

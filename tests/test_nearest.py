@@ -123,3 +123,26 @@ def test_channel_first_checks_shapes():
         nearest_nodes_channel_first(np.zeros((6, 4, 4), np.float32), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="channel-first"):
         nearest_nodes_channel_first(np.zeros((2, 2, 2, 2)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("layout", ["block", "pixel-major table"])
+@pytest.mark.parametrize("channels", [[5, 0, 3], [2, 2], [0, 1, 2, 3, 4, 5, 6]])
+def test_channel_positions_read_in_place_equal_the_selection(layout, channels):
+    rng = np.random.default_rng(4)
+    block = rng.random((7, 9, 300)).astype(np.float32)
+    pixels = block if layout == "block" else np.ascontiguousarray(block.reshape(7, -1).T).T
+    codes = rng.random((12, len(channels)))
+    table = np.asarray(pixels, dtype=np.float64)[channels].reshape(len(channels), -1).T
+    labels, distances = nearest_nodes_channel_first(pixels, codes, channels=channels, return_distances=True)
+    expected = cdist(table, codes, "sqeuclidean")
+    np.testing.assert_array_equal(labels, expected.argmin(axis=1))
+    np.testing.assert_allclose(distances, np.sqrt(expected.min(axis=1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("channels", "match"),
+    [([0, 6], "positions in 0..5"), ([-1], "positions in 0..5"), ([], "non-empty"), ([[0, 1]], "1-d"), ([0.5], "0..5")],
+)
+def test_channel_positions_are_checked_before_the_kernel_runs(channels, match):
+    with pytest.raises(ValueError, match=match):
+        nearest_nodes_channel_first(np.zeros((6, 4, 4), np.float32), np.zeros((3, 2)), channels=channels)

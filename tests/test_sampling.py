@@ -100,3 +100,45 @@ def test_sample_pixels_errors(kwargs, error, match):
     image = xr.DataArray(np.ones((2, 10, 10)), dims=("c", "y", "x"), coords={"c": ["a", "b"]})
     with pytest.raises(error, match=match):
         sample_pixels(image, **kwargs)
+
+
+def _poisoned(block, block_info=None):
+    """Block function that refuses to compute its block (the chunks sampling must not read)."""
+    raise AssertionError(f"chunk {block_info[None]['chunk-location']} of an unselected channel was read")
+
+
+@pytest.mark.parametrize("chunks", [None, (6, 9, 9), (2, 9, 9), (1, 40, 40)])
+@pytest.mark.parametrize("channels", [["c4", "c0", "c2"], ["c3", "c1"], ["c5"]])
+def test_sample_pixels_reads_the_selected_channels_of_the_sampled_pixels(chunks, channels):
+    # Independent reference: the image's values at the returned coordinates, in the channels looked up by label.
+    import xarray as xr
+
+    from pixelflowsom import sample_pixels
+
+    rng = np.random.default_rng(2)
+    values = (rng.random((6, 23, 31)) * 50).astype(np.float32)
+    labels = [f"c{i}" for i in range(6)]
+    data = values if chunks is None else da.from_array(values, chunks=chunks)
+    image = xr.DataArray(data, dims=("c", "y", "x"), coords={"c": labels})
+    sample = sample_pixels([image], 0.25, channels=channels, random_state=3)
+    positions = [labels.index(c) for c in channels]
+    expected = values[positions][:, sample.coords[:, 0], sample.coords[:, 1]].T.astype(np.float64)
+    np.testing.assert_array_equal(sample.values, expected)
+    assert sample.values.T.flags.c_contiguous
+    assert sample.channels == channels
+
+
+def test_sample_pixels_does_not_read_chunks_of_unselected_channels():
+    import xarray as xr
+
+    from pixelflowsom import sample_pixels
+
+    values = np.arange(4 * 12 * 12, dtype=np.float32).reshape(4, 12, 12)
+    selected = da.from_array(values, chunks=(1, 6, 6))
+    poisoned = da.map_blocks(_poisoned, selected, dtype=np.float32)
+    data = da.concatenate([selected[:2], poisoned[2:3], selected[3:]], axis=0)  # channel 2 must never be read
+    image = xr.DataArray(data, dims=("c", "y", "x"), coords={"c": ["a", "b", "poisoned", "d"]})
+    sample = sample_pixels([image], 0.5, channels=["d", "a"], random_state=0)
+    np.testing.assert_array_equal(
+        sample.values, values[[3, 0]][:, sample.coords[:, 0], sample.coords[:, 1]].T.astype(np.float64)
+    )

@@ -496,7 +496,11 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     # ------------------------------------------------------------------ labelling
 
     def _validate_images(self, X):
-        """Check images given after fit and select the fitted channels; returns ``(images, single)``."""
+        """Check images given after fit and find the fitted channels in them.
+
+        Returns ``(images, positions, single)``: the images as given (not subset: labelling reads the fitted
+        channels of every block in place) and, per image, the positions of the fitted channels along ``c``.
+        """
         images, single = _images.check_images(X)
         if hasattr(self, "channels_"):
             labels = self.channels_
@@ -504,10 +508,10 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
             labels = list(self.feature_names_in_)
         else:
             labels = None
-        selected = []
+        positions = []
         for i, image in enumerate(images):
             if labels is not None:
-                selected.append(_images.select_channels(image, labels, i))
+                positions.append(_images.channel_positions(image, labels, i))
             elif image.sizes["c"] != self.n_features_in_:
                 # Fitted on a table without feature names: channels are matched by position.
                 raise ValueError(
@@ -515,8 +519,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
                     f"fitted on {self.n_features_in_} features."
                 )
             else:
-                selected.append(image)
-        return selected, single
+                positions.append(np.arange(self.n_features_in_))
+        return images, positions, single
 
     def _validate_pixel_sample(self, sample):
         labels = getattr(self, "channels_", None)
@@ -531,14 +535,17 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         """Return the immutable model that labelling ships to workers."""
         return SOMModel(self.codes_, self.node_metacluster_)
 
-    def _label_images(self, images, single, layers):
+    def _label_images(self, images, positions, single, layers):
         """Lazy label images; the model enters the graph once, as one ``Delayed`` key that every block reads."""
         import dask
 
         payload = dask.delayed(self._som_model(), pure=True)
         n_meta = max(self.n_clusters_, int(self.node_metacluster_.max()) + 1)
         n_ids = n_meta if layers == "metacluster" else max(n_meta, self.codes_.shape[0])
-        out = [label_image(im, payload, layers=layers, chunks=self.chunks, n_ids=n_ids) for im in images]
+        out = [
+            label_image(im, payload, layers=layers, chunks=self.chunks, n_ids=n_ids, channels=channels)
+            for im, channels in zip(images, positions, strict=True)
+        ]
         return out[0] if single else out
 
     def _label(self, X, column):

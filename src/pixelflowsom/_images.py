@@ -119,8 +119,10 @@ def resolve_channels(channels, image: xr.DataArray) -> list:
     return labels
 
 
-def select_channels(image: xr.DataArray, channels: list, position: int) -> xr.DataArray:
-    """Select ``channels`` by the labels of the ``c`` coordinate, as ``image.sel(c=channels)`` does.
+def channel_positions(image: xr.DataArray, channels: list, position: int) -> np.ndarray:
+    """Positions along ``c`` of ``channels``, found by the labels of the ``c`` coordinate as ``image.sel`` does.
+
+    ``position`` is the image's place in the caller's list (for the message).
 
     Raises
     ------
@@ -135,7 +137,18 @@ def select_channels(image: xr.DataArray, channels: list, position: int) -> xr.Da
             f"Channel(s) {missing} not found in image {image_name(image, position)}; available channels: "
             f"{available}. Pass channels that every image has."
         )
-    return image.isel(c=[lookup[_key(c)] for c in channels])
+    return np.array([lookup[_key(c)] for c in channels], dtype=np.int64)
+
+
+def select_channels(image: xr.DataArray, channels: list, position: int) -> xr.DataArray:
+    """Select ``channels`` by the labels of the ``c`` coordinate, as ``image.sel(c=channels)`` does.
+
+    Raises
+    ------
+    KeyError
+        Naming the missing channels and listing the available ones.
+    """
+    return image.isel(c=channel_positions(image, channels, position))
 
 
 def _key(label):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._nearest import nearest_nodes, nearest_nodes_channel_first
+from ._nearest import check_channel_positions, nearest_nodes, nearest_nodes_channel_first
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,21 +108,24 @@ def label_dtype(n_ids: int) -> np.dtype:
     return np.dtype(np.min_scalar_type(int(n_ids)))
 
 
-def _image_block(block, model, layers, dtype):
-    """Block function: label a ``(c, [z,] y, x)`` image block.
+def _image_block(block, model, layers, dtype, channels):
+    """Block function: label a ``(c, [z,] y, x)`` image block by its channels at positions ``channels``.
 
     Returns the 1-based ``(2, [z,] y, x)`` stack ``[som_node, metacluster]`` (``layers="both"``) or the
-    ``([z,] y, x)`` metacluster image (``layers="metacluster"``), 0 where a channel of the pixel is not finite.
+    ``([z,] y, x)`` metacluster image (``layers="metacluster"``), 0 where a selected channel of the pixel is not
+    finite.
     """
-    if block.shape[0] != model.n_features:
+    if len(channels) != model.n_features:
         raise ValueError(
-            f"An image block has {block.shape[0]} channel(s) but the model was fitted on {model.n_features}: label "
-            "images with their channels selected as in fit (PixelFlowSOM.predict/transform do that)."
+            f"{len(channels)} channel(s) of an image block are selected but the model was fitted on "
+            f"{model.n_features}: label images with their channels selected as in fit (PixelFlowSOM.predict/transform "
+            "do that)."
         )
     spatial = block.shape[1:]
-    # A 2D block is read in place (a numpy-backed image's blocks are strided views); 3D blocks merge z into y.
+    # A 2D block is read in place (a numpy-backed image's blocks are strided views), only its selected channels;
+    # 3D blocks merge z into y.
     pixels = block if block.ndim == 3 else block.reshape(block.shape[0], -1, block.shape[-1])
-    nodes = nearest_nodes_channel_first(pixels, model.codes, n_threads=1)
+    nodes = nearest_nodes_channel_first(pixels, model.codes, n_threads=1, channels=channels)
     valid = nodes >= 0
     meta = np.where(valid, model.node_metacluster[nodes] + 1, 0).astype(dtype, copy=False)
     if layers == "metacluster":
@@ -133,14 +136,13 @@ def _image_block(block, model, layers, dtype):
     return out.reshape((2, *spatial))
 
 
-def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
+def label_image(image, model, *, layers="both", chunks=None, n_ids=None, channels=None):
     """Lazily label an image with one ``map_blocks`` call.
 
     Parameters
     ----------
     image
-        ``(c, [z,] y, x)`` :class:`xarray.DataArray`, numpy- or dask-backed, channels selected and ordered as the
-        model's features.
+        ``(c, [z,] y, x)`` :class:`xarray.DataArray`, numpy- or dask-backed.
     model
         The :class:`SOMModel`, or a dask ``Delayed`` / distributed ``Future`` of it: whatever it is, the graph holds
         it once, every block task depends on that one key.
@@ -151,6 +153,10 @@ def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
         numpy-backed image gets ``"auto"``). The ``c`` axis always becomes one chunk.
     n_ids
         Largest id the output must hold (decides the dtype).
+    channels
+        Positions along ``c`` of the model's features, in the model's order: every block is labelled by these
+        channels, read in place (selecting them beforehand, ``image.isel(c=channels)``, would copy every block's
+        selected channels first). ``None``: all channels, in order.
 
     Returns
     -------
@@ -161,15 +167,21 @@ def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
     import dask.array as da
     import xarray as xr
 
-    if isinstance(model, SOMModel) and image.shape[0] != model.n_features:
+    channels = check_channel_positions(channels, image.shape[0])
+    if isinstance(model, SOMModel) and len(channels) != model.n_features:
         raise ValueError(
-            f"The image has {image.shape[0]} channel(s) but the model was fitted on {model.n_features}: select the "
-            "model's channels, in its order, before labelling."
+            f"{len(channels)} channel(s) of the image are selected but the model was fitted on {model.n_features}: "
+            "select the model's channels, in its order, before labelling."
         )
     data = image.data
     spatial_dims = image.dims[1:]
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(-1, *(["auto"] * len(spatial_dims))))
+    if len(data.chunks[0]) > 1:
+        # Channels stored in several chunks are merged into one per block below (a copy either way): merge only
+        # the selected ones (and read only their chunks).
+        data = data[channels]
+        channels = np.arange(len(channels))
     if chunks is None:
         data = data.rechunk({0: -1})
     else:
@@ -188,6 +200,7 @@ def label_image(image, model, *, layers="both", chunks=None, n_ids=None):
         model,
         layers,
         dtype,
+        channels,
         chunks=out_chunks,
         dtype=dtype,
         meta=np.empty((0,) * len(out_chunks), dtype=dtype),

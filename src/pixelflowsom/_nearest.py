@@ -29,16 +29,16 @@ _U32 = float(np.finfo(np.float32).eps) / 2
 
 
 @numba.njit(cache=True, nogil=True)
-def _sqdist64(xt, i, codes64, j, squares):
-    """Squared Euclidean distance of pixel ``xt[:, i]`` to code ``codes64[j]``, in float64, summed in channel order.
+def _sqdist64(xt, channels, i, codes64, j, squares):
+    """Squared Euclidean distance of pixel ``xt[channels, i]`` to code ``codes64[j]``, in float64, summed in order.
 
     Rounded as a plain loop of products and sums (as scipy's ``cdist``), also inside :func:`_nearest_kernel`, whose
     ``contract`` flag numba passes on to the functions it calls: the squares go through the scratch array
     ``squares`` (``p`` values) before they are summed, so that no product is fused with the sum into a multiply-add.
     """
-    p = xt.shape[0]
+    p = channels.shape[0]
     for c in range(p):
-        diff = np.float64(xt[c, i]) - codes64[j, c]
+        diff = np.float64(xt[channels[c], i]) - codes64[j, c]
         squares[c] = diff * diff
     d = 0.0
     for c in range(p):
@@ -47,7 +47,7 @@ def _sqdist64(xt, i, codes64, j, squares):
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
-def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
+def _nearest_kernel(pixels, channels, codes64, labels, sqdist, exact, sums, counts):
     """Assign every pixel of ``pixels`` to its nearest code. Assumes validated input.
 
     For each sub-block of ``_BLOCK`` pixels: copy it to float32, compute the ``(n_nodes, _BLOCK)`` score tile
@@ -61,8 +61,12 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
     Parameters
     ----------
     pixels
-        ``(p, n_rows, n_cols)`` pixels, channel-first, any real dtype and memory layout: an image block ``(c, y, x)``
-        read in place, or a table ``(p, n)`` as ``(p, 1, n)``. Pixel ``(r, i)`` is output ``r * n_cols + i``.
+        ``(n_channels, n_rows, n_cols)`` pixels, channel-first, any real dtype and memory layout: an image block
+        ``(c, y, x)`` read in place, or a table ``(n_channels, n)`` as ``(n_channels, 1, n)``. Pixel ``(r, i)`` is
+        output ``r * n_cols + i``.
+    channels
+        ``(p,)`` int64 positions in ``0..n_channels-1`` of the channels compared with the codes' ``p`` columns, in
+        the codes' order (an image's selected channels, read where they are: no copy of the block).
     codes64
         ``(n_nodes, p)`` float64 codes, C-contiguous.
     labels
@@ -78,7 +82,8 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
         of the (float32-rounded) finite pixels assigned to each node are added to them, while the pixels are in
         cache (the batch SOM's per-epoch statistics).
     """
-    p, n_rows, n_cols = pixels.shape
+    _, n_rows, n_cols = pixels.shape
+    p = channels.shape[0]
     k = codes64.shape[0]
     kp = -(-k // 4) * 4
     pp = -(-p // 4) * 4
@@ -119,7 +124,7 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
                 for i in range(m):
                     acc = np.float32(0.0)
                     for c in range(p):
-                        v = np.float32(xt[c, i0 + i])
+                        v = np.float32(xt[channels[c], i0 + i])
                         buf[c, i] = v
                         acc += v * v
                     xnorm[i] = acc
@@ -127,8 +132,9 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
                 for i in range(m):
                     xnorm[i] = 0.0
                 for c in range(p):
+                    channel = channels[c]
                     for i in range(m):
-                        v = np.float32(xt[c, i0 + i])
+                        v = np.float32(xt[channel, i0 + i])
                         buf[c, i] = v
                         xnorm[i] += v * v
             for j in range(0, kp, 4):
@@ -167,7 +173,7 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
                 if not np.isfinite(xn):
                     xn = 0.0
                     for c in range(p):
-                        v = np.float64(xt[c, i0 + i])
+                        v = np.float64(xt[channels[c], i0 + i])
                         xn += v * v
                 if not np.isfinite(xn):
                     labels[row + i0 + i] = -1
@@ -185,7 +191,7 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
                     for j in range(k):
                         if 2.0 * (np.float64(best[i]) - np.float64(scores[j, i])) > tolerance:
                             continue
-                        d = _sqdist64(xt, i0 + i, codes64, j, squares)
+                        d = _sqdist64(xt, channels, i0 + i, codes64, j, squares)
                         if d < exact_dist:
                             exact_dist = d
                             node = j
@@ -196,7 +202,7 @@ def _nearest_kernel(pixels, codes64, labels, sqdist, exact, sums, counts):
                         sums[node, c] += buf[c, i]
                 if want_dist:
                     sqdist[row + i0 + i] = (
-                        exact_dist if exact_dist >= 0 else _sqdist64(xt, i0 + i, codes64, node, squares)
+                        exact_dist if exact_dist >= 0 else _sqdist64(xt, channels, i0 + i, codes64, node, squares)
                     )
 
 
@@ -229,19 +235,53 @@ def check_codes(codes, n_channels: int) -> np.ndarray:
     return codes
 
 
-def nearest_nodes_channel_first(xt, codes, *, return_distances=False, n_threads=None, exact=True, return_sums=False):
+def check_channel_positions(channels, n_channels: int) -> np.ndarray:
+    """Return ``channels`` as int64 positions after checking that they index ``n_channels`` channels.
+
+    ``None`` gives all of them, in order. Positions may repeat and come in any order.
+
+    Raises
+    ------
+    ValueError
+        If ``channels`` is not a non-empty 1-d integer array of positions in ``0..n_channels-1``: what keeps the
+        kernels from reading outside the pixels.
+    """
+    if channels is None:
+        return np.arange(n_channels, dtype=np.int64)
+    positions = np.asarray(channels)
+    if (
+        positions.ndim != 1
+        or len(positions) == 0
+        or positions.dtype.kind not in "iu"
+        or positions.min() < 0
+        or positions.max() >= n_channels
+    ):
+        raise ValueError(
+            f"channels must be a non-empty 1-d array of positions in 0..{n_channels - 1} (the pixels have "
+            f"{n_channels} channels), got {channels!r}."
+        )
+    return positions.astype(np.int64)
+
+
+def nearest_nodes_channel_first(
+    xt, codes, *, return_distances=False, n_threads=None, exact=True, return_sums=False, channels=None
+):
     """Nearest code of every pixel of ``xt`` (pixels channel-first); see :func:`nearest_nodes`.
 
-    ``xt`` is ``(p, n)``, or ``(p, rows, cols)`` (an image block, read in place whatever its strides; the labels are
-    then in row-major order). With ``return_sums``, also return the ``(n_nodes, p)`` sum and the ``(n_nodes,)`` count
-    of the pixels assigned to every node (after the distances, if those are asked for).
+    ``xt`` is ``(c, n)``, or ``(c, rows, cols)`` (an image block, read in place whatever its strides; the labels are
+    then in row-major order). ``channels``, positions in ``0..c-1``, selects and orders the ``p`` channels compared
+    with the codes' columns, read where they are (``None``: all ``c``, in order). With ``return_sums``, also return
+    the ``(n_nodes, p)`` sum and the ``(n_nodes,)`` count of the pixels assigned to every node (after the distances,
+    if those are asked for).
     """
     if xt.ndim not in (2, 3):
         raise ValueError(f"Pixels must be channel-first (p, n) or (p, rows, cols), got shape {xt.shape}.")
     if xt.dtype.kind not in "biuf":
         raise TypeError(f"Pixels must be numeric, got dtype {xt.dtype}.")
     pixels = xt[:, None, :] if xt.ndim == 2 else xt
-    p, n_rows, n_cols = pixels.shape
+    n_channels, n_rows, n_cols = pixels.shape
+    channels = check_channel_positions(channels, n_channels)
+    p = len(channels)
     n = n_rows * n_cols
     codes = check_codes(codes, p)
     k = codes.shape[0]
@@ -263,6 +303,7 @@ def nearest_nodes_channel_first(xt, codes, *, return_distances=False, n_threads=
             a, b = a * n_cols, b * n_cols
         _nearest_kernel(
             part,
+            channels,
             codes,
             labels[a:b],
             sqdist[a:b] if return_distances else sqdist,

@@ -59,39 +59,42 @@ def take_rows(X, rows: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_2d(block, ys, xs, out):
-    """``out[c, i] = block[c, ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
-    for c in range(block.shape[0]):
+def _gather_2d(block, channels, ys, xs, out):
+    """``out[k, i] = block[channels[k], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+    for k in range(channels.shape[0]):
         for i in range(ys.shape[0]):
-            out[c, i] = block[c, ys[i], xs[i]]
+            out[k, i] = block[channels[k], ys[i], xs[i]]
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_3d(block, zs, ys, xs, out):
-    """``out[c, i] = block[c, zs[i], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
-    for c in range(block.shape[0]):
+def _gather_3d(block, channels, zs, ys, xs, out):
+    """``out[k, i] = block[channels[k], zs[i], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+    for k in range(channels.shape[0]):
         for i in range(ys.shape[0]):
-            out[c, i] = block[c, zs[i], ys[i], xs[i]]
+            out[k, i] = block[channels[k], zs[i], ys[i], xs[i]]
 
 
 @numba.njit(cache=True, nogil=True)
-def _scatter_columns(values, columns, block_values):
-    """``values[:, columns] = block_values``. Assumes validated input."""
-    for c in range(values.shape[0]):
+def _scatter(values, rows, columns, block_values):
+    """``values[rows[k], columns[i]] = block_values[k, i]``. Assumes validated input."""
+    for k in range(rows.shape[0]):
         for i in range(columns.shape[0]):
-            values[c, columns[i]] = block_values[c, i]
+            values[rows[k], columns[i]] = block_values[k, i]
 
 
-def _take_block_pixels(block, local):
-    """Block task: float64 values ``(c, m)`` of the pixels at ``local`` (``(ndim, m)`` positions inside the block)."""
+def _take_block_pixels(block, local, channels):
+    """Block task: float64 values ``(k, m)`` of the pixels at ``local`` in the ``k`` channels at ``channels``.
+
+    ``local`` holds ``(ndim, m)`` positions inside the block; only the selected values are read.
+    """
     block = np.asarray(block)
-    out = np.empty((block.shape[0], len(local[0])), dtype=np.float64)
+    out = np.empty((len(channels), len(local[0])), dtype=np.float64)
     if block.dtype.kind not in "iuf":  # not a numba-typed number: plain indexing
-        out[:] = block[(slice(None), *local)]
+        out[:] = block[(slice(None), *local)][channels]
     elif len(local) == 2:
-        _gather_2d(block, *local, out)
+        _gather_2d(block, channels, *local, out)
     else:
-        _gather_3d(block, *local, out)
+        _gather_3d(block, channels, *local, out)
     return out
 
 
@@ -120,15 +123,18 @@ def sample_image(image, fraction: float, seed):
     No flattened copy or coordinate grid of the image is made. For a dask array, one task per chunk holding
     sampled pixels reads that chunk and returns just those pixels; the tasks run on the current dask scheduler.
     """
-    return _sample_images([image], fraction, [seed])[0]
+    return _sample_images([image], fraction, [seed], [None])[0]
 
 
 #: Bytes of sampled values one dask computation of :func:`_sample_images` returns at most (beyond one block).
 _BATCH_BYTES = 64 * 2**20
 
 
-def _sample_images(images, fraction, seeds):
-    """:func:`sample_image` of every image.
+def _sample_images(images, fraction, seeds, channels):
+    """:func:`sample_image` of every image, in its channels at positions ``channels``.
+
+    ``channels`` holds one array of positions along ``c`` per image (``None``: all channels); only the selected
+    channels of the sampled pixels are read.
 
     The chunk reads of all images run in a few dask computations, each returning at most about ``_BATCH_BYTES`` of
     sampled values, which are scattered into place before the next one starts: the results of all chunks are never
@@ -136,7 +142,9 @@ def _sample_images(images, fraction, seeds):
     """
     import dask
 
-    plans = [_plan(image, fraction, seed) for image, seed in zip(images, seeds, strict=True)]
+    plans = [
+        _plan(image, fraction, seed, positions) for image, seed, positions in zip(images, seeds, channels, strict=True)
+    ]
     batches, batch, size = [], [], 0
     for values, _, groups in plans:
         for rows, tasks in groups:
@@ -147,32 +155,35 @@ def _sample_images(images, fraction, seeds):
                 batch, size = [], 0
     batches.append(batch)
     for batch in batches:
-        results = iter(dask.compute(*[task for _, _, tasks in batch for _, _, task in tasks]))
+        results = iter(dask.compute(*[task for _, _, tasks in batch for _, task in tasks]))
         for values, rows, tasks in batch:
-            for c0, c1, _ in tasks:
-                _scatter_columns(values[c0:c1], rows, next(results))
+            for out_rows, _ in tasks:
+                _scatter(values, out_rows, rows, next(results))
     return [(values.T, coords) for values, coords, _ in plans]
 
 
-def _plan(image, fraction, seed):
+def _plan(image, fraction, seed, channels):
     """Draw the pixels of one image; return ``(values, coords, groups)``.
 
-    ``values`` is the ``(c, m)`` float64 output, filled already for a numpy-backed image; otherwise ``groups`` holds,
-    for every spatial block with sampled pixels, the columns ``rows`` of its pixels and one task per chunk of the
-    channel axis, ``(c0, c1, task)``: the task (a ``Delayed``) reads that chunk as stored (the channel axis is not
-    rechunked, so that a task holds one stored chunk) and returns the values of channels ``c0:c1`` of the pixels.
+    ``values`` is the ``(k, m)`` float64 output (the ``k`` channels at positions ``channels``, all for ``None``),
+    filled already for a numpy-backed image; otherwise ``groups`` holds, for every spatial block with sampled pixels,
+    the columns ``rows`` of its pixels and one task per chunk of the channel axis holding selected channels,
+    ``(out_rows, task)``: the task (a ``Delayed``) reads that chunk as stored (the channel axis is not rechunked, so
+    that a task holds one stored chunk) and returns the values of its selected channels at the pixels, the rows
+    ``out_rows`` of ``values``.
     """
     import dask
     import dask.array as da
 
     data = getattr(image, "data", image)
+    channels = np.arange(data.shape[0]) if channels is None else np.asarray(channels, dtype=np.int64)
     shape = data.shape[1:]
     flat = sample_indices(int(np.prod(shape)), fraction, seed)
     coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
     if not isinstance(data, da.Array):
-        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T))), coords, []
+        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T)), channels), coords, []
 
-    values = np.empty((data.shape[0], len(flat)), dtype=np.float64)
+    values = np.empty((len(channels), len(flat)), dtype=np.float64)
     channel_bounds = np.cumsum((0, *data.chunks[0]))
     starts = [np.cumsum((0, *chunks)) for chunks in data.chunks[1:]]
     block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
@@ -186,10 +197,14 @@ def _plan(image, fraction, seed):
             continue
         b = tuple(block_of[rows[0]])
         local = tuple(np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T))
-        tasks = [
-            (c0, c1, dask.delayed(_take_block_pixels, pure=True)(delayed_blocks[(ci, *b)], local))
-            for ci, (c0, c1) in enumerate(zip(channel_bounds[:-1], channel_bounds[1:], strict=True))
-        ]
+        tasks = []
+        for ci, (c0, c1) in enumerate(zip(channel_bounds[:-1], channel_bounds[1:], strict=True)):
+            out_rows = np.flatnonzero((channels >= c0) & (channels < c1))
+            if len(out_rows):
+                task = dask.delayed(_take_block_pixels, pure=True)(
+                    delayed_blocks[(ci, *b)], local, channels[out_rows] - c0
+                )
+                tasks.append((out_rows, task))
         groups.append((rows, tasks))
     return values, coords, groups
 
@@ -293,18 +308,20 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
         raise ValueError(f"fraction={fraction!r} must be a number in (0, 1].")
     checked, _ = _images.check_images(images)
     labels = _images.resolve_channels(channels, checked[0])
-    selected = [_images.select_channels(image, labels, i) for i, image in enumerate(checked)]
-    n_pixels = [int(np.prod(image.shape[1:])) for image in selected]
+    # Positions, not a selection (image.isel(c=...)): the sampled pixels' selected channels are read where they are,
+    # without a copy of every chunk's selected channels first.
+    positions = [_images.channel_positions(image, labels, i) for i, image in enumerate(checked)]
+    n_pixels = [int(np.prod(image.shape[1:])) for image in checked]
     if sum(sample_size(n, fraction) for n in n_pixels) < 1:
         raise ValueError(
             f"fraction={fraction} of the {sum(n_pixels)} pixels samples no pixel; raise fraction to at least "
             f"{1 / max(n_pixels):.3g}."
         )
     base_seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    seeds = [np.random.SeedSequence([base_seed, i]) for i in range(len(selected))]
+    seeds = [np.random.SeedSequence([base_seed, i]) for i in range(len(checked))]
     values, coords = [], []
-    for i, (v, c) in enumerate(_sample_images(selected, fraction, seeds)):
-        image = selected[i]
+    for i, (v, c) in enumerate(_sample_images(checked, fraction, seeds, positions)):
+        image = checked[i]
         finite = np.isfinite(v).all(axis=1)
         if len(v) and not finite.any():
             raise ValueError(
@@ -317,5 +334,5 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
         coords.append(c)
     # Keep the channel-major layout ((n, p) views of (p, n) arrays), which the SOM kernels read without a copy.
     pooled = values[0] if len(values) == 1 else np.concatenate([v.T for v in values], axis=1).T
-    image_index = np.repeat(np.arange(len(selected), dtype=np.int64), [len(c) for c in coords])
-    return PixelSample(pooled, np.concatenate(coords), image_index, labels, len(selected))
+    image_index = np.repeat(np.arange(len(checked), dtype=np.int64), [len(c) for c in coords])
+    return PixelSample(pooled, np.concatenate(coords), image_index, labels, len(checked))
