@@ -1,4 +1,4 @@
-"""Images as estimator input: recognising them, checking their dims, selecting their channels.
+"""Images as estimator input: recognising them, checking their dims, finding their channels by label.
 
 An image is an :class:`xarray.DataArray` with dims ``("c", "y", "x")`` or ``("c", "z", "y", "x")`` (numpy- or
 dask-backed), exactly a spatialdata image element; a multiscale element (an :class:`xarray.DataTree` with
@@ -138,17 +138,6 @@ def channel_positions(image: xr.DataArray, channels: list, position: int) -> np.
             f"{available}. Pass channels that every image has."
         )
     return np.array([lookup[_key(c)] for c in channels], dtype=np.int64)
-
-
-def select_channels(image: xr.DataArray, channels: list, position: int) -> xr.DataArray:
-    """Select ``channels`` by the labels of the ``c`` coordinate, as ``image.sel(c=channels)`` does.
-
-    Raises
-    ------
-    KeyError
-        Naming the missing channels and listing the available ones.
-    """
-    return image.isel(c=channel_positions(image, channels, position))
 
 
 def _key(label):
