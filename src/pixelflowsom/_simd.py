@@ -4,11 +4,12 @@ numba vectorises only innermost loops, and keeps arrays in memory. A kernel that
 registers across an inner loop (the online SOM's distances: 16 nodes per vector, several vectors summed over the
 channels) writes that loop over :data:`float32x16` values instead: each value is one LLVM ``<16 x float>`` (one
 AVX-512 register, two AVX2 registers, four SSE registers: LLVM splits it for the machine), and each intrinsic is one
-LLVM instruction on it. The arithmetic is IEEE float32, lane by lane, exactly as the scalar operations (``fma`` is
-the correctly rounded fused multiply-add), so results do not depend on the machine.
+LLVM instruction on it, or a few (:func:`where_within`). The arithmetic is IEEE float32, lane by lane, exactly as
+the scalar operations (``fma`` is the correctly rounded fused multiply-add), so results do not depend on the
+machine. :func:`prefetch` is a cache hint for the scalar data the vectors are computed from.
 
 Nothing here checks bounds: :func:`load` and :func:`store` touch ``array[index:index + LANES]``, which the calling
-kernel must have checked lies inside ``array`` (a 1-d C-contiguous float32 array).
+kernel must have checked lies inside ``array`` (a 1-d C-contiguous float32 array); :func:`prefetch` never faults.
 """
 
 from __future__ import annotations
