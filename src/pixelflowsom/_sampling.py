@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from . import _images
+from ._nearest import check_channel_positions
 
 
 def sample_size(n: int, fraction: float) -> int:
@@ -176,7 +177,7 @@ def _plan(image, fraction, seed, channels):
     import dask.array as da
 
     data = getattr(image, "data", image)
-    channels = np.arange(data.shape[0]) if channels is None else np.asarray(channels, dtype=np.int64)
+    channels = check_channel_positions(channels, data.shape[0])  # the gather kernels read without bounds checks
     shape = data.shape[1:]
     flat = sample_indices(int(np.prod(shape)), fraction, seed)
     coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
