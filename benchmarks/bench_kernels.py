@@ -7,15 +7,23 @@ Measures, on the same seeded synthetic data in one run, and prints ratios (highe
 * online SOM training on 400k x 20, 10x10 grid, rlen 10: our online SOM against ``SOMEstimator.fit`` and against
   pyFlowSOM's ``som()`` (R FlowSOM's C code, as ark's Pixie runs it), the same algorithm on the same data (pyFlowSOM
   starts from our initial codes; flowsom draws its own);
-* batch SOM training on the same data against ``SOMEstimator.fit``, with the quantization errors of all of them.
+* batch SOM training on the same data against ``SOMEstimator.fit``, with the quantization errors of all of them;
+* the online SOM on real tissue (``--only real``): ``PixelFlowSOM(som="online")``'s training (``_som.train_som`` with
+  the estimator's defaults) on the MIBI image of ``benchmarks/bench_real.py`` (its 12 lineage channels, preprocessed
+  as it does, sampled as ``fit`` samples them: ``--fraction`` 0.3 of the 1024 x 1024 pixels), and on the same pixels
+  plus 1.0, timed alternately, with the ratio of the two times (target <= 1.15: preprocessed tissue, full of exact
+  zeros, pulls codes towards 0, where without the flush to zero of :mod:`pixelflowsom._som` they would become
+  subnormal, slow to compute with on x86) and the quantization errors (on the training pixels).
 
 Each timing is the best of ``--repeat`` runs after one warm-up (numba compilation excluded for both sides; pyFlowSOM,
 compiled C, gets no warm-up). pyFlowSOM is optional; without it its column is skipped. Install it with
 ``pip install --no-deps "pyFlowSOM>=0.1.16,<0.2"``: every release pins ``numpy<2``, which a plain install satisfies
 by downgrading numpy under the rest of the environment, yet its extension (typed memoryviews only) runs on numpy 2.
-Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run). ``--baseline SRC``
-(repeatable) also times the online SOM of another checkout, ``SRC`` being its ``src`` directory (e.g. a
-``git worktree`` of an earlier commit), in a child process on the same data, and prints our speed-up over it.
+Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run; ``--only NAME``,
+repeatable, runs only the rows ``assignment``, ``training`` or ``real``). ``--baseline SRC`` (repeatable) also times
+the online SOM of another checkout, ``SRC`` being its ``src`` directory (e.g. a ``git worktree`` of an earlier commit,
+or ``git archive HEAD src | tar -x -C DIR``), in a child process on the same data (the synthetic training data and the
+real pixels), and prints our speed-up over it, its quantization error and whether its codes equal ours.
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ from sklearn.utils import check_random_state
 
 from pixelflowsom import _som
 
+#: The real image of the ``real`` row (``benchmarks/bench_real.py``'s MIBI field of view).
+REAL_IMAGE = "mibi"
+#: The rows of the benchmark, in the order they run (``--only``).
+ROWS = ("assignment", "training", "real")
+#: The estimator's SOM parameters, passed from its defaults to ``_som.train_som``.
+SOM_PARAMS = ("xdim", "ydim", "rlen", "mst", "alpha")
+
 try:
     import pyFlowSOM
 except ImportError:  # optional: its column is skipped
@@ -45,6 +60,21 @@ def blobs(n, p, n_centers=8, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.uniform(0, 3, size=(n_centers, p))
     return (centers[rng.integers(0, n_centers, n)] + rng.normal(0, 0.3, size=(n, p))).astype(np.float32)
+
+
+def best_of_alternating(fns, repeat):
+    """Best time of every function of ``fns`` (a dict) over ``repeat`` rounds that run each once, in turn.
+
+    Alternating spreads a change in machine load over all of them. One untimed warm-up call each first.
+    """
+    out = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(t) for name, t in times.items()}, out
 
 
 def best_of(fn, repeat, warmup=True):
@@ -77,6 +107,40 @@ def quantization_error(X, codes):
     return float(nearest_nodes(X, codes, return_distances=True)[1].mean())
 
 
+def real_pixels(fraction, seed=0):
+    """The training pixels of ``fit`` on the real image's lineage channels, preprocessed as ``bench_real.py`` does.
+
+    Returns the ``(n, p)`` float64 values of ``sample_pixels`` (channel-major, as ``fit`` passes them on).
+    """
+    import xarray as xr
+    from bench_real import DATA, LINEAGE, load_image, preprocess  # benchmarks/bench_real.py
+
+    from pixelflowsom import sample_pixels
+
+    raw, channels = load_image(REAL_IMAGE, DATA)
+    lineage = LINEAGE[REAL_IMAGE]
+    # The lineage channels are preprocessed as one group, whatever the other channels: only they are needed here.
+    image = preprocess(raw[[channels.index(c) for c in lineage]], lineage, lineage)
+    pixels = xr.DataArray(image, dims=("c", "y", "x"), coords={"c": lineage})
+    return sample_pixels(pixels, fraction, channels=lineage, random_state=seed).values
+
+
+def train_real(values, params, repeat):
+    """Time ``train_som`` (the online SOM) on ``values`` and on ``values + 1.0`` alternately; best times and codes."""
+    data = {"pixels": values, "pixels + 1.0": (values.T + 1.0).T}  # both channel-major, as fit's sample
+
+    def train(name):
+        return _som.train_som(data[name], som="online", random_state=check_random_state(0), **params)[0]
+
+    times, codes = best_of_alternating({name: lambda name=name: train(name) for name in data}, repeat)
+    return data, times, codes
+
+
+def subnormal_count(codes):
+    c = np.asarray(codes, dtype=np.float32)
+    return int(((c != 0) & (np.abs(c) < np.finfo(np.float32).tiny)).sum())
+
+
 def som_setup(X, xdim, ydim, seed):
     nhbrdist = _som.grid_distances(xdim, ydim)
     (radii, alphas) = _som.radius_alpha_schedule(nhbrdist, (0.05, 0.01), 1)[0]
@@ -89,7 +153,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", action="append", default=[], metavar="SRC", help="another checkout's src/")
+    parser.add_argument("--only", action="append", choices=ROWS, help="run only these rows (repeatable)")
+    parser.add_argument("--fraction", type=float, default=0.3, help="fraction of the real image's pixels (real row)")
     parser.add_argument("--online-only", metavar="NPY", help=argparse.SUPPRESS)  # a --baseline child: codes to NPY
+    parser.add_argument("--real-only", metavar="DIR", help=argparse.SUPPRESS)  # a --baseline child of the real row
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     repeat = 1 if args.quick else args.repeat
@@ -100,6 +167,25 @@ def main(argv=None):
         np.save(args.online_only, codes_on)
         print(json.dumps({"seconds": t_on, "module": _som.__file__}))
         return
+    if args.real_only:  # the pixels and parameters from the parent; codes back to the same folder
+        with open(os.path.join(args.real_only, "params.json")) as f:
+            params = json.load(f)
+        values = np.load(os.path.join(args.real_only, "pixels_t.npy")).T
+        _, times, codes = train_real(values, params, repeat)
+        for i, name in enumerate(codes):
+            np.save(os.path.join(args.real_only, f"codes{i}.npy"), codes[name])
+        print(json.dumps({"seconds": times, "module": _som.__file__}))
+        return
+    rows = args.only or ROWS
+    if "assignment" in rows:
+        bench_assignment(scale, repeat)
+    if "training" in rows:
+        bench_training(scale, repeat, args.baseline)
+    if "real" in rows:
+        bench_real_tissue(args.fraction / scale, repeat, args.quick, args.baseline)
+
+
+def bench_assignment(scale, repeat):
     from pixelflowsom._nearest import nearest_nodes
 
     # --- assignment: 1M x 20 pixels to 100 nodes
@@ -118,6 +204,8 @@ def main(argv=None):
     print(f"  bare float32 numpy matmul      {t_mm:8.3f} s   our throughput {100 * t_mm / t_ours:.0f}% of it (>= 50)")
     print(f"  labels equal to flowsom's: {np.mean(lab_ref == lab_ours) * 100:.4f}%")
 
+
+def bench_training(scale, repeat, baselines):
     # --- training: 400k x 20, rlen 10
     Xt, p, xdim, ydim = training_data(scale)
     n_train = Xt.shape[0]
@@ -164,17 +252,59 @@ def main(argv=None):
         f"speed-up vs flowsom x{t_fit / t_ba:.1f}   (target >= 20)"
     )
     print(f"  batch / online quantization error: {qe_ba / qe_on:.3f}   (target <= 1.05)")
-    for src in args.baseline:
+    for src in baselines:
         with tempfile.TemporaryDirectory() as tmp:
             npy = os.path.join(tmp, "codes.npy")
             child = [sys.executable, __file__, "--online-only", npy, "--repeat", str(repeat)]
             env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
-            run = subprocess.run(child + (["--quick"] if args.quick else []), env=env, check=True, capture_output=True)
+            run = subprocess.run(child + (["--quick"] if scale > 1 else []), env=env, check=True, capture_output=True)
             out = json.loads(run.stdout)
             qe_base = quantization_error(Xt, np.load(npy))
         print(f"  online SOM of {out['module']}")
         speed_up = out["seconds"] / t_on
         print(f"    {out['seconds']:8.3f} s   quantization error {qe_base:.4f}   ours x{speed_up:.2f} faster")
+
+
+def bench_real_tissue(fraction, repeat, quick, baselines):
+    from pixelflowsom import PixelFlowSOM
+
+    defaults = PixelFlowSOM().get_params()
+    params = {name: defaults[name] for name in SOM_PARAMS}
+    values = real_pixels(fraction)
+    data, times, codes = train_real(values, params, repeat)
+    qe = {name: quantization_error(data[name], codes[name]) for name in data}
+    print(
+        f"online SOM on real tissue: the {REAL_IMAGE} image's {values.shape[1]} lineage channels preprocessed as "
+        f"bench_real.py, {values.shape[0]} training pixels (fraction {fraction:g}),"
+    )
+    print(f"PixelFlowSOM(som='online')'s defaults {params}; quantization error on the training pixels")
+    for name in data:
+        print(
+            f"  {name:14s} {times[name]:8.3f} s   quantization error {qe[name]:.6f}   "
+            f"subnormal codes {subnormal_count(codes[name])}"
+        )
+    print(f"  time ratio pixels / pixels + 1.0: {times['pixels'] / times['pixels + 1.0']:.3f}   (target <= 1.15)")
+    for src in baselines:
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(os.path.join(tmp, "pixels_t.npy"), np.ascontiguousarray(values.T))
+            with open(os.path.join(tmp, "params.json"), "w") as f:
+                json.dump(params, f)
+            child = [sys.executable, __file__, "--real-only", tmp, "--repeat", str(repeat)]
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
+            run = subprocess.run(child + (["--quick"] if quick else []), env=env, check=True, capture_output=True)
+            out = json.loads(run.stdout)
+            base_codes = {name: np.load(os.path.join(tmp, f"codes{i}.npy")) for i, name in enumerate(data)}
+        print(f"  online SOM of {out['module']}")
+        for name in data:
+            seconds, base = out["seconds"][name], base_codes[name]
+            base_qe = quantization_error(data[name], base)
+            same = "equal to ours" if np.array_equal(base, codes[name]) else "not ours"
+            print(
+                f"    {name:14s} {seconds:8.3f} s   quantization error {base_qe:.6f} "
+                f"(ours {100 * (qe[name] / base_qe - 1):+.4f}%, target within 0.1%)   "
+                f"subnormal codes {subnormal_count(base)}   codes {same}   ours x{seconds / times[name]:.2f}"
+            )
+        print(f"    time ratio pixels / pixels + 1.0: {out['seconds']['pixels'] / out['seconds']['pixels + 1.0']:.3f}")
 
 
 if __name__ == "__main__":

@@ -66,3 +66,12 @@ def fma32(a, b, c):
         other = np.nextafter(rounded, np.where(s > back, np.inf, -np.inf).astype(np.float32))
         halfway = (s != back) & (2 * s == back + other.astype(np.float64))
         return np.where(halfway & (e != 0) & ((e > 0) == (other > rounded)), other, rounded)
+
+
+def flush32(values):
+    """float32 ``values`` with every magnitude below the smallest normal float32 (``2**-126``) replaced by ``+0.0``.
+
+    The online SOM's flush to zero, in plain numpy (NaN and infinities are kept).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    return np.where(np.abs(values) < np.finfo(np.float32).tiny, np.float32(0.0), values)

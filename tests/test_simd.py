@@ -9,7 +9,7 @@ from numba.core.errors import TypingError
 
 from pixelflowsom import _simd
 
-from .conftest import fma32
+from .conftest import flush32, fma32
 
 LANES = _simd.LANES
 
@@ -70,21 +70,55 @@ def apply_all(x, y, z, low, high, out):
         _simd.store(out, 3 * n + b, _simd.fma(vx, vy, vz))
         _simd.store(out, 4 * n + b, _simd.splat(x[b + 1]))
         _simd.store(out, 5 * n + b, _simd.where_within(vx, low, high, vz))
+        _simd.store(out, 6 * n + b, _simd.flush_subnormal(vx))
 
 
 def test_intrinsics_match_numpy_bit_for_bit():
     x, y, z = random_triples(8 * LANES, 1)
-    x[:4] = [0.0, -0.0, np.inf, 1.0]
+    x[:6] = [0.0, -0.0, np.inf, 1.0, 1e-40, -(2.0**-149)]
     y[:4] = [-0.0, -0.0, 1.0, 1.0]
     x[-1], y[-1], z[-1] = double_rounding_case()
-    out = np.full(6 * x.size + LANES, np.nan, np.float32)  # a vector past the end: stores stay inside their range
+    out = np.full(7 * x.size + LANES, np.nan, np.float32)  # a vector past the end: stores stay inside their range
     low, high = np.float32(-(2.0**10)), np.float32(2.0**10)
     apply_all(x, y, z, low, high, out)
     expected = np.concatenate(
-        [x - y, x * y, x + y, fma32(x, y, z), np.repeat(x[1::LANES], LANES), np.where((low <= x) & (x < high), z, 0)]
+        [
+            x - y,
+            x * y,
+            x + y,
+            fma32(x, y, z),
+            np.repeat(x[1::LANES], LANES),
+            np.where((low <= x) & (x < high), z, 0),
+            flush32(x),
+        ]
     )
-    np.testing.assert_array_equal(out[: 6 * x.size].view(np.int32), expected.view(np.int32))
-    assert np.isnan(out[6 * x.size :]).all()
+    np.testing.assert_array_equal(out[: 7 * x.size].view(np.int32), expected.view(np.int32))
+    assert np.isnan(out[7 * x.size :]).all()
+
+
+@numba.njit
+def flush_all(x, out):
+    for b in range(0, x.shape[0], LANES):
+        _simd.store(out, b, _simd.flush_subnormal(_simd.load(x, b)))
+
+
+def test_flush_subnormal_zeroes_exactly_the_magnitudes_below_the_smallest_normal():
+    # Around 2**-126 and through all subnormals, of both signs, with NaN (kept with its bits) and infinities; each
+    # result checked on its bits: +0.0 where |x| < 2**-126, x itself elsewhere.
+    tiny = np.finfo(np.float32).tiny
+    below = np.nextafter(tiny, np.float32(0))
+    edges = [0.0, -0.0, 2.0**-149, 2.0**-140, below, tiny, np.nextafter(tiny, np.float32(1)), 1.0, np.inf, np.nan]
+    rng = np.random.default_rng(2)
+    random = np.ldexp(rng.uniform(0.5, 1, 4 * LANES), rng.integers(-155, -115, 4 * LANES))  # half subnormal
+    x = np.concatenate([edges, np.negative(edges), random, -random, np.zeros(LANES)])[: 10 * LANES]
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    flush_all(x, out)
+    magnitude = np.abs(x.astype(np.float64))
+    keep = ~(magnitude < 2.0**-126)  # NaN kept
+    np.testing.assert_array_equal(out.view(np.int32), np.where(keep, x.view(np.int32), 0))
+    np.testing.assert_array_equal(out.view(np.int32), flush32(x).view(np.int32))
+    assert 0 < np.count_nonzero(~keep & (x != 0)) < x.size // 2
 
 
 @numba.njit

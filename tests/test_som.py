@@ -9,18 +9,25 @@ from sklearn.utils import check_random_state
 from pixelflowsom import _som
 from pixelflowsom._nearest import nearest_nodes
 
-from .conftest import fma32, make_blobs
+from .conftest import flush32, fma32, make_blobs
 
 
-def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=np.float32):
+def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=np.float32, flush=True, stats=None):
     """FlowSOM's C_SOM, written node by node in plain numpy (R's early stop included), in ``dtype``.
 
     float64 is R's arithmetic. float32 is the kernel's: data, codes and the learning rate rounded to float32, every
     operation rounded to float32, squared distances summed in channel order, each term added by a fused
-    multiply-add (:func:`fma32`: ``d * d + sum`` rounded once).
+    multiply-add (:func:`fma32`: ``d * d + sum`` rounded once), and magnitudes below the smallest normal float32
+    flushed to ``+0.0`` (:func:`flush32`) in the data, the initial codes and every updated code (``flush=False``
+    leaves them subnormal). ``stats``, a dict, receives ``"subnormal"``: how many updated code values were subnormal
+    before the flush.
     """
     data = data.astype(dtype)
     codes = codes.astype(dtype)
+    flush = flush and dtype == np.float32
+    if flush:
+        data, codes = flush32(data), flush32(codes)
+    subnormal = 0
     n = data.shape[0]
     niter = rlen * n
     step = (radii[0] - radii[1]) / niter
@@ -42,18 +49,22 @@ def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=n
                     continue
                 tmp = data[i] - codes[cd]
                 change += np.abs(data[i].astype(np.float64) - codes[cd]).sum()
-                codes[cd] = codes[cd] + tmp * alpha
+                moved = codes[cd] + tmp * alpha
+                subnormal += count_subnormal(moved)
+                codes[cd] = flush32(moved) if flush else moved
             threshold -= step
             k += 1
         if change < 1.0:
             break
+    if stats is not None:
+        stats["subnormal"] = subnormal
     return codes.astype(np.float64)
 
 
 def assert_online_som_is_the_reference(X, codes0, nh, rlen, alphas, radii, seed, ydim):
-    """``online_som`` equals the float32 numpy reference bit for bit on the grid's windows (``ydim``) and the
-    generic neighbour loop (``ydim=0``), for C-contiguous data and for channel-major data (``PixelSample.values``);
-    returns the passes run.
+    """``online_som`` equals the float32 numpy reference bit for bit (the sign of zero too) on the grid's windows
+    (``ydim``) and the generic neighbour loop (``ydim=0``), for C-contiguous data and for channel-major data
+    (``PixelSample.values``); returns the passes run.
     """
     expected = reference_online_som(X, codes0, nh, rlen, alphas, radii, check_random_state(seed))
     n_iters = set()
@@ -62,10 +73,16 @@ def assert_online_som_is_the_reference(X, codes0, nh, rlen, alphas, radii, seed,
             got, n_iter = _som.online_som(
                 data, codes0, nh, rlen, alphas, radii, check_random_state(seed), ydim=ydim_arg
             )
-            np.testing.assert_array_equal(got, expected)
+            np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
             n_iters.add(n_iter)
     (n_iter,) = n_iters
     return n_iter
+
+
+def count_subnormal(codes):
+    """How many of the (float32) ``codes`` are subnormal: non-zero, magnitude below ``2**-126``."""
+    codes = np.asarray(codes, dtype=np.float32)
+    return int(((codes != 0) & (np.abs(codes) < np.finfo(np.float32).tiny)).sum())
 
 
 @pytest.mark.parametrize(("xdim", "ydim"), [(3, 4), (5, 5), (1, 6)])
@@ -132,6 +149,80 @@ def test_train_som_mst_phases_match_numpy_reference(seed):
     expected = reference_train_online(X, 3, 4, 2, 2, (0.05, 0.01), check_random_state(seed))
     np.testing.assert_array_equal(got, expected)
     assert n_iter == 4
+
+
+def mostly_zero_data(xdim, ydim, n=300, p=3, seed=0):
+    """Data of exact zeros but for 5 rows, and initial codes in ``[0.1, 1)``: codes pulled to 0 by sample after
+    sample decay geometrically into subnormal float32 values (as on preprocessed tissue, mostly exact zeros).
+    """
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, p))
+    X[rng.choice(n, 5, replace=False)] = rng.uniform(0.5, 1.5, size=(5, p))
+    return X, rng.uniform(0.1, 1.0, size=(xdim * ydim, p))
+
+
+@pytest.mark.parametrize(
+    ("xdim", "ydim", "radii"),
+    [
+        (2, 2, (0.5, 0.5)),  # only the winner moves: one vector (ydim=0 too)
+        (4, 5, (3.0, 3.0)),  # windows of the whole grid: two vectors at a time; ydim=0: node by node
+        (1, 80, (1.5, 1.5)),  # a grid much wider than its windows: row by row; ydim=0: node by node
+    ],
+)
+def test_online_som_flushes_subnormal_codes_like_the_reference(xdim, ydim, radii):
+    # Without the flush, codes pulled to 0 sample after sample end subnormal (the reference shows it); the kernel
+    # equals the flushing reference bit for bit on every update path, no trained code is subnormal, and the codes
+    # differ from the unflushed ones by less than the smallest normal float32.
+    X, codes0 = mostly_zero_data(xdim, ydim)
+    nh = _som.grid_distances(xdim, ydim)
+    alphas = (0.5, 0.3)
+    unflushed = reference_online_som(X, codes0, nh, 3, alphas, radii, check_random_state(1), flush=False)
+    assert count_subnormal(unflushed) > 0
+    assert assert_online_som_is_the_reference(X, codes0, nh, 3, alphas, radii, seed=1, ydim=ydim) == 3
+    for ydim_arg in (ydim, 0):
+        got, _ = _som.online_som(X, codes0, nh, 3, alphas, radii, check_random_state(1), ydim=ydim_arg)
+        assert count_subnormal(got) == 0
+        np.testing.assert_array_less(np.abs(got - unflushed), 2.0**-126)
+
+
+def test_online_som_flushes_subnormal_data_and_initial_codes():
+    # float64 values that round to subnormal float32, and float32 subnormals given as they are: the kernel trains on
+    # them flushed to 0, as the reference does (a channel of subnormals and zeros: unflushed, its codes would stay
+    # subnormal), and leaves the caller's arrays alone.
+    X, _ = make_blobs(n=120, p=4, seed=6)
+    X[:, 1] = np.where(np.arange(120) % 3, 1e-40, 0.0)
+    X[::5, 2] = -3e-39
+    codes0 = X[:12].copy()
+    codes0[:, 1] = 2e-39
+    nh = _som.grid_distances(3, 4)
+    args = (nh, 2, (0.05, 0.01), (2.0, 0.0))
+    assert count_subnormal(reference_online_som(X, codes0, *args, check_random_state(1), flush=False)) > 0
+    assert_online_som_is_the_reference(X, codes0, *args, seed=1, ydim=4)
+    expected = reference_online_som(X, codes0, *args, check_random_state(1))
+    for X32 in (X.astype(np.float32), np.asfortranarray(X, dtype=np.float32)):
+        before = X32.copy()
+        got, _ = _som.online_som(X32, codes0, *args, check_random_state(1), ydim=4)
+        np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
+        np.testing.assert_array_equal(X32.view(np.int32), before.view(np.int32))
+
+
+def test_flush_subnormal_helpers_match_numpy():
+    tiny = np.finfo(np.float32).tiny
+    smallest = np.float32(2.0**-149)
+    edges = [0.0, -0.0, smallest, -smallest, 1e-40, -1e-40, np.nextafter(tiny, np.float32(0)), tiny, -tiny]
+    edges += [np.nextafter(tiny, np.float32(1)), 1.0, -3.5, np.inf, -np.inf, np.nan]
+    rng = np.random.default_rng(0)
+    random = np.ldexp(rng.uniform(-2, 2, 200), rng.integers(-150, -100, 200))  # subnormal and small normal values
+    values = np.concatenate([edges, random]).astype(np.float32)
+    expected = flush32(values)
+    scalar = np.array([_som._flush_subnormal(v) for v in values], np.float32)
+    np.testing.assert_array_equal(scalar.view(np.int32), expected.view(np.int32))
+    assert _som._has_subnormal(values)
+    assert not _som._has_subnormal(expected)
+    assert not _som._has_subnormal(np.array([0.0, -0.0, tiny, -tiny, np.inf, np.nan], np.float32))
+    flushed = values.copy()
+    _som._flush_subnormals(flushed)
+    np.testing.assert_array_equal(flushed.view(np.int32), expected.view(np.int32))
 
 
 def float32_winners_differ(X, codes):

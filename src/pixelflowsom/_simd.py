@@ -4,9 +4,10 @@ numba vectorises only innermost loops, and keeps arrays in memory. A kernel that
 registers across an inner loop (the online SOM's distances: 16 nodes per vector, several vectors summed over the
 channels) writes that loop over :data:`float32x16` values instead: each value is one LLVM ``<16 x float>`` (one
 AVX-512 register, two AVX2 registers, four SSE registers: LLVM splits it for the machine), and each intrinsic is one
-LLVM instruction on it, or a few (:func:`where_within`). The arithmetic is IEEE float32, lane by lane, exactly as
-the scalar operations (``fma`` is the correctly rounded fused multiply-add), so results do not depend on the
-machine. :func:`prefetch` is a cache hint for the scalar data the vectors are computed from.
+LLVM instruction on it, or a few (:func:`where_within`, :func:`flush_subnormal`). The arithmetic is IEEE float32,
+lane by lane, exactly as the scalar operations (``fma`` is the correctly rounded fused multiply-add;
+:func:`flush_subnormal` replaces magnitudes below the smallest normal float32 by 0, the online SOM's rule), so results
+do not depend on the machine. :func:`prefetch` is a cache hint for the scalar data the vectors are computed from.
 
 Nothing here checks bounds: :func:`load` and :func:`store` touch ``array[index:index + LANES]``, which the calling
 kernel must have checked lies inside ``array`` (a 1-d C-contiguous float32 array); :func:`prefetch` never faults.
@@ -146,6 +147,33 @@ def where_within(typingctx, vector, low, high, inside):
         return builder.select(builder.and_(above, below), args[3], ir.Constant(_VECTOR, [0.0] * LANES))
 
     return float32x16(vector, low, high, inside), codegen
+
+
+#: The smallest normal float32, ``2**-126`` (``numpy.finfo(numpy.float32).tiny``); magnitudes below it are subnormal.
+TINY = 2.0**-126
+_EXPONENT_BITS = 0x7F800000  # of a float32: all zero in 0, -0.0 and the subnormals, and only there
+
+
+@intrinsic
+def flush_subnormal(typingctx, vector):
+    """Replace the lanes whose magnitude is below :data:`TINY` (the subnormals, and ``-0.0``) by ``+0.0``.
+
+    ``select(fabs(v) < TINY, 0, v)``, computed as ``select((bits(v) & exponent bits) == 0, 0, v)`` (the same lanes;
+    NaN and infinities are kept): an integer test and a select, which AVX-512 does in two instructions (a ``vptestmd``
+    and a zeroing move; the float comparison would take a third, the ``fabs``). Many x86 processors compute with
+    subnormal operands or results in microcode, many times more slowly: the online SOM flushes every code it writes
+    (see :mod:`pixelflowsom._som`).
+    """
+    if vector != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        integers = ir.VectorType(ir.IntType(32), LANES)
+        exponent = builder.and_(builder.bitcast(args[0], integers), ir.Constant(integers, [_EXPONENT_BITS] * LANES))
+        below = builder.icmp_unsigned("==", exponent, ir.Constant(integers, [0] * LANES))
+        return builder.select(below, ir.Constant(_VECTOR, [0.0] * LANES), args[0])
+
+    return float32x16(vector), codegen
 
 
 @intrinsic

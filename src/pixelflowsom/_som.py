@@ -29,6 +29,17 @@ sampling the algorithm already makes. The trained codes are returned as float64,
 is the exact float64 nearest node of those codes (:mod:`pixelflowsom._nearest`). Data whose squared float32 distances
 could overflow or underflow are scaled by a power of two for training, exactly (:func:`training_exponent`).
 
+Values below the smallest normal float32 (``2**-126``, ``numpy.finfo(numpy.float32).tiny``) are flushed to ``+0.0``:
+in the float32 training data and initial codes, and in every code the online SOM writes (:func:`_flush_subnormal`,
+:func:`pixelflowsom._simd.flush_subnormal`). Why: speed on real tissue. Preprocessed tissue has many exact zeros, and
+a code pulled towards 0 sample after sample decays geometrically (``c + (0 - c) * alpha``) into subnormal float32
+values, with which many x86 processors compute many times more slowly (in microcode): there, training on tissue
+can take far longer than on the same pixels plus 1. The flush changes results only where a code would otherwise be
+subnormal, by less than ``2**-126`` in absolute value there (a winner that follows can change only where two nodes'
+distances agree to that precision); on data without subnormal float32 values whose codes never become subnormal,
+the trained codes are those computed without it, bit for bit (but for a ``-0.0``, which comes back ``+0.0``). The
+numpy reference of the tests flushes the same way.
+
 The batch SOM replaces single-sample updates by epochs: every epoch assigns all samples to their nearest node with
 the GEMM-shaped kernel of :mod:`pixelflowsom._nearest`, then sets each code to the mean of the samples won by the
 nodes in its grid neighbourhood (Kohonen's batch map with FlowSOM's bubble neighbourhood and radius schedule).
@@ -125,6 +136,33 @@ _ALIGN = 64
 #: squared float32 distances can then neither overflow nor lose every digit to underflow. Other data are scaled by a
 #: power of two for training (exact: it changes exponents only) and the codes scaled back.
 _SCALE_LIMIT = 32
+
+
+#: The smallest normal float32, ``2**-126``: the online SOM flushes smaller magnitudes to ``+0.0``.
+_TINY = np.float32(_simd.TINY)
+
+
+@numba.njit(cache=True, nogil=True)
+def _flush_subnormal(value):
+    """``value``, or ``+0.0`` when its magnitude is below ``_TINY`` (the scalar :func:`_simd.flush_subnormal`)."""
+    return np.float32(0.0) if abs(value) < _TINY else value
+
+
+@numba.njit(cache=True, nogil=True)
+def _has_subnormal(values):
+    """Whether the 1-d float32 ``values`` hold a subnormal number (non-zero, magnitude below ``_TINY``)."""
+    found = False
+    for i in range(values.shape[0]):
+        v = values[i]
+        found |= (v != 0) & (abs(v) < _TINY)
+    return found
+
+
+@numba.njit(cache=True, nogil=True)
+def _flush_subnormals(values):
+    """Flush the magnitudes below ``_TINY`` of the 1-d float32 ``values`` to ``+0.0``, in place."""
+    for i in range(values.shape[0]):
+        values[i] = _flush_subnormal(values[i])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -226,19 +264,43 @@ def _gather(data, order, start, samples):
 def _update_run(samples, t, flat, kp, column_f, node_f, first, last, y0, y1, alpha):
     """Move the nodes ``first..last-1`` whose grid column lies in ``y0..y1-1`` towards sample ``t``, in place.
 
-    Each moves by ``c + (x - c) * alpha``, every operation rounded to float32. The update runs over whole vectors of
-    16 nodes, from the one holding ``first`` to the one holding ``last - 1``, each over all channels while its
-    weights stay in a register; the other nodes in them get the weight 0 (their values are rewritten unchanged:
-    ``c + (x - c) * 0`` is ``c`` when ``x - c`` is finite; a ``-0.0`` comes back as ``+0.0``). ``column_f`` and
-    ``node_f`` are every node's grid column and index as float32; ``flat`` is the ``(p, kp)`` codes, flattened.
+    Each moves by ``c + (x - c) * alpha``, every operation rounded to float32, and a result below the smallest
+    normal float32 is flushed to ``+0.0`` (:func:`_simd.flush_subnormal`). The update runs over whole vectors of 16
+    nodes, from the one holding ``first`` to the one holding ``last - 1``, each over all channels while its weights
+    stay in a register, two vectors at a time while two remain (two independent chains of subtraction,
+    multiplication, addition and flush per channel: the flush's latency overlaps); the other nodes in them get the
+    weight 0 (their values are rewritten unchanged: ``c + (x - c) * 0`` is ``c`` when ``x - c`` is finite, and the
+    codes hold neither subnormals nor ``-0.0``, which the flush would change). ``column_f`` and ``node_f`` are every
+    node's grid column and index as float32; ``flat`` is the ``(p, kp)`` codes, flattened.
     """
+    lanes = _simd.LANES
     w_alpha = _simd.splat(alpha)
-    for b in range(first - first % _NODE_PAD, last, _simd.LANES):
-        w = _simd.where_within(_simd.load(column_f, b), np.float32(y0), np.float32(y1), w_alpha)
-        w = _simd.where_within(_simd.load(node_f, b), np.float32(first), np.float32(last), w)
+    y0_f, y1_f = np.float32(y0), np.float32(y1)
+    first_f, last_f = np.float32(first), np.float32(last)
+    b = first - first % _NODE_PAD
+    while b + lanes < last:  # so b + 2 * lanes <= kp
+        w0 = _simd.where_within(_simd.load(column_f, b), y0_f, y1_f, w_alpha)
+        w0 = _simd.where_within(_simd.load(node_f, b), first_f, last_f, w0)
+        w1 = _simd.where_within(_simd.load(column_f, b + lanes), y0_f, y1_f, w_alpha)
+        w1 = _simd.where_within(_simd.load(node_f, b + lanes), first_f, last_f, w1)
+        for j in range(samples.shape[1]):
+            x = _simd.splat(samples[t, j])
+            row = j * kp + b
+            c0 = _simd.load(flat, row)
+            c1 = _simd.load(flat, row + lanes)
+            moved0 = _simd.add(c0, _simd.mul(_simd.sub(x, c0), w0))
+            moved1 = _simd.add(c1, _simd.mul(_simd.sub(x, c1), w1))
+            _simd.store(flat, row, _simd.flush_subnormal(moved0))
+            _simd.store(flat, row + lanes, _simd.flush_subnormal(moved1))
+        b += 2 * lanes
+    while b < last:  # runs once or not at all (a ``while``: the kernel measured faster than with an ``if``)
+        w = _simd.where_within(_simd.load(column_f, b), y0_f, y1_f, w_alpha)
+        w = _simd.where_within(_simd.load(node_f, b), first_f, last_f, w)
         for j in range(samples.shape[1]):
             c = _simd.load(flat, j * kp + b)
-            _simd.store(flat, j * kp + b, _simd.add(c, _simd.mul(_simd.sub(_simd.splat(samples[t, j]), c), w)))
+            moved = _simd.add(c, _simd.mul(_simd.sub(_simd.splat(samples[t, j]), c), w))
+            _simd.store(flat, j * kp + b, _simd.flush_subnormal(moved))
+        b += lanes
 
 
 @numba.njit(cache=True, nogil=True)
@@ -252,7 +314,8 @@ def online_som_pass(
 
     1. *Best-matching unit*: :func:`_distances`, then :func:`_argmin` (the lowest index on ties).
     2. *Update*: every node within the current radius moves towards the sample, ``c + (x - c) * alpha``, each
-       operation rounded to float32 (``alpha`` is R's float64 learning rate rounded to float32). On a grid
+       operation rounded to float32 (``alpha`` is R's float64 learning rate rounded to float32), a result below the
+       smallest normal float32 flushed to ``+0.0`` (:func:`_flush_subnormal`). On a grid
        (``ydim > 0``) the Chebyshev ball is a window of rows ``x0..x1`` and columns ``y0..y1``; the rows' nodes are
        consecutive, so they are updated as one run of vectors (:func:`_update_run`), the nodes outside the window
        with the weight 0 instead of ``alpha`` (rewritten unchanged when ``x - c`` is finite, which learning rates in
@@ -265,12 +328,13 @@ def online_som_pass(
     Parameters
     ----------
     data
-        ``(n, p)`` float32 training data, C-contiguous.
+        ``(n, p)`` float32 training data, C-contiguous, without subnormal numbers (else slow, see the module).
     order
         Row indices of the samples presented in this pass, in order.
     codes
         ``(p, kp)`` float32 codes, node-minor, C-contiguous, ``kp >= max(n_nodes, _GROUP)`` a multiple of 16;
-        padding nodes are 0 and never selected. Updated in place.
+        padding nodes are 0 and never selected; no subnormal numbers and no ``-0.0`` (the nodes an update rewrites
+        unchanged would come back flushed). Updated in place.
     base
         ``(kp,)`` float32: 0 for the ``n_nodes`` nodes, ``inf`` for padding.
     ydim
@@ -383,7 +447,7 @@ def online_som_pass(
                         cd = lo
                         while cd < hi:
                             c = codes[j, cd]
-                            codes[j, cd] = c + (xj - c) * alpha
+                            codes[j, cd] = _flush_subnormal(c + (xj - c) * alpha)
                             cd += one
         elif (
             convex
@@ -404,7 +468,7 @@ def online_som_pass(
                     change += _abs_diff_sum(samples, t, codes, cd, cd + 1)
                 for j in range(p):
                     c = codes[j, cd]
-                    codes[j, cd] = c + (samples[t, j] - c) * alpha
+                    codes[j, cd] = _flush_subnormal(c + (samples[t, j] - c) * alpha)
         threshold -= step
     return change, threshold
 
@@ -438,7 +502,8 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     Parameters
     ----------
     data
-        ``(n, p)`` training data, finite, any float dtype and layout (read from a C-contiguous float32 copy).
+        ``(n, p)`` training data, finite, any float dtype and layout (read from a C-contiguous float32 copy, made
+        only when ``data`` is not one already or holds subnormal float32 numbers, which the copy flushes to 0).
     codes
         ``(n_nodes, p)`` initial codes; not modified.
     nhbrdist
@@ -467,12 +532,18 @@ def online_som(data, codes, nhbrdist, rlen, alphas, radii, random_state, ydim=0)
     if exponent:
         data = np.ldexp(np.asarray(data, dtype=np.float64), exponent)
         codes = np.ldexp(codes, exponent)
-    # Samples are read in random order, a cache miss each: from a C-contiguous float32 copy (the sample of an image
-    # fit is channel-major).
+    # Samples are read in random order, a cache miss each: from C-contiguous float32 rows (the sample of an image fit
+    # is one already, and is read in place; a copy otherwise).
     source = np.ascontiguousarray(data, dtype=np.float32)
+    # No subnormal numbers in the data nor the codes (see the module docstring); the caller's data stay untouched.
+    if _has_subnormal(source.reshape(-1)):
+        if np.may_share_memory(source, data):
+            source = source.copy()
+        _flush_subnormals(source.reshape(-1))
     kp = max(_GROUP, -(-n_nodes // _NODE_PAD) * _NODE_PAD)
     codes_t = _aligned_zeros((p, kp), np.float32)
     codes_t[:, :n_nodes] = codes.T
+    _flush_subnormals(codes_t.reshape(-1))
     base = np.zeros(kp, np.float32)
     base[n_nodes:] = np.inf
     if ydim > 0:
