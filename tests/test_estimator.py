@@ -144,6 +144,17 @@ def test_dask_fit_reads_only_sampled_chunks():
     assert n_read_by_fit <= 20 < dX.numblocks[0]
 
 
+def test_n_samples_trains_on_that_many_rows(blobs):
+    X, _ = blobs
+    model = small_model(fraction=None, n_samples=50).fit(X)
+    assert model.n_samples_fit_ == 50
+    lazy = small_model(fraction=None, n_samples=50).fit(da.from_array(X, chunks=(70, 5)))
+    np.testing.assert_array_equal(lazy.codes_, model.codes_)
+    assert len(lazy.sample_indices_) == 50
+    assert small_model(fraction=None, n_samples=10**6).fit(X).n_samples_fit_ == len(X)  # every row, at most
+    np.testing.assert_array_equal(model.labels_, model.node_metacluster_[nearest_reference(X, model.codes_)])
+
+
 def test_dask_nan_rows_raise_when_computed(blobs):
     X, _ = blobs
     model = small_model().fit(X)
@@ -227,7 +238,10 @@ def test_warns_when_fewer_samples_than_nodes():
         ({"alpha": "fast"}, ValueError, "'alpha' parameter of PixelFlowSOM must be an array-like"),
         ({"som": "kohonen"}, ValueError, "'som' parameter"),
         ({"metaclustering": "kmeans"}, ValueError, "'metaclustering' parameter"),
-        ({"fraction": 0.001}, ValueError, r"fraction=0.001 of 600 rows samples no row; raise fraction to at least"),
+        ({"fraction": 0.001}, ValueError, r"fraction=0.001 of the 600 rows samples no row; raise fraction to at least"),
+        ({"fraction": 0.5, "n_samples": 20}, ValueError, r"Pass fraction \(0.5\) or n_samples \(20\), not both"),
+        ({"n_samples": 0}, ValueError, "'n_samples' parameter"),
+        ({"n_samples": 2.5}, ValueError, "'n_samples' parameter"),
     ],
 )
 def test_bad_parameters(blobs, params, error, match):

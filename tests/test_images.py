@@ -215,6 +215,22 @@ def test_list_of_images_one_model_different_samples(image2d):
     assert m.n_samples_fit_ == len(a) + len(b) + len(c)
 
 
+def test_n_samples_fixes_the_training_pixels(image2d):
+    image, _ = image2d
+    other, _ = make_synthetic_image((60, 80), n_channels=6, n_phenotypes=4, seed=1)
+    m = model(fraction=None, n_samples=1_000).fit([image, other])
+    a, b = m.sample_coords_
+    # 1000 split as 120 * 150 : 60 * 80, shares 789.47 and 210.53: 789 and 211, less the pixels with a NaN channel
+    assert len(b) == 211
+    nan = np.isnan(image.values).any(axis=0)
+    assert 789 - nan.sum() <= len(a) <= 789
+    assert not nan[tuple(a.T)].any()
+    sample = sample_pixels([image, other], n_samples=1_000, random_state=0)
+    np.testing.assert_array_equal(model(fraction=None, n_samples=1_000).fit(sample).codes_, m.codes_)
+    for im in (image, other):
+        np.testing.assert_array_equal(m.transform(im).values, image_reference(im, m.codes_, m.node_metacluster_))
+
+
 def test_3d_image():
     image, truth = make_synthetic_image((6, 40, 50), n_channels=4, n_phenotypes=3, seed=2)
     image = image.copy()

@@ -2,13 +2,22 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from pixelflowsom._sampling import sample_image, sample_indices, sample_size, take_rows
+from pixelflowsom import _sampling
+from pixelflowsom._sampling import (
+    apportion,
+    sample_dtype,
+    sample_image,
+    sample_indices,
+    sample_size,
+    sample_sizes,
+    take_rows,
+)
 
 
 @pytest.mark.parametrize(("n", "fraction", "expected"), [(10, 0.1, 1), (10, 0.19, 1), (1000, 0.333, 333), (7, 1.0, 7)])
 def test_sample_size_is_int_of_fraction(n, fraction, expected):
     assert sample_size(n, fraction) == expected
-    idx = sample_indices(n, fraction, 0)
+    idx = sample_indices(n, sample_size(n, fraction), 0)
     assert len(idx) == expected
     assert len(np.unique(idx)) == expected  # without replacement
     assert (np.diff(idx) > 0).all()  # sorted
@@ -16,9 +25,102 @@ def test_sample_size_is_int_of_fraction(n, fraction, expected):
     assert idx.max() < n
 
 
+@pytest.mark.parametrize("tile", [1 << 20, 7])  # variates drawn in one tile or across many
+@pytest.mark.parametrize(("n", "size"), [(100_000, 1_000), (100_000, 30_000), (50, 49), (50, 0), (1, 1)])
+def test_sample_indices_distinct_sorted_and_exact_size(monkeypatch, tile, n, size):
+    monkeypatch.setattr(_sampling, "_PERMUTE_LIMIT", 10)  # selection sampling for the larger shares
+    monkeypatch.setattr(_sampling, "_TILE", tile)
+    idx = sample_indices(n, size, 5)
+    assert idx.dtype == np.int64
+    assert len(idx) == size
+    assert (np.diff(idx) > 0).all()
+    assert size == 0 or (idx[0] >= 0 and idx[-1] < n)
+
+
+@pytest.mark.parametrize(("n", "size", "limit"), [(40, 12, 10), (400, 5, 10), (40, 12, 100)])
+def test_sample_indices_are_uniform(monkeypatch, n, size, limit):
+    # Every item, and every pair of items, is drawn with the probability of a uniform draw without replacement: by
+    # selection sampling (n above the limit, a share above 1/20) and by numpy's choice (Floyd's algorithm, a full
+    # permutation).
+    monkeypatch.setattr(_sampling, "_PERMUTE_LIMIT", limit)
+    monkeypatch.setattr(_sampling, "_TILE", 16)
+    draws = 6000
+    hits = np.zeros(n)
+    pair = 0
+    for seed in range(draws):
+        idx = sample_indices(n, size, seed)
+        hits[idx] += 1
+        pair += np.isin([0, n - 1], idx).all()
+    p = size / n
+    assert np.abs(hits - draws * p).max() < 5 * np.sqrt(draws * p * (1 - p))
+    p_pair = size * (size - 1) / (n * (n - 1))
+    assert abs(pair - draws * p_pair) < 5 * np.sqrt(draws * p_pair * (1 - p_pair)) + 1
+
+
+def test_sample_indices_of_large_shares_take_little_memory():
+    import tracemalloc
+
+    tracemalloc.start()
+    idx = sample_indices(10_000_000, 1_000_000, 3)  # numpy's choice would allocate 80 MB here
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(idx) == 1_000_000
+    assert peak < 8 * 1_000_000 + 16 * 2**20
+
+
 def test_sample_depends_on_seed_only():
-    np.testing.assert_array_equal(sample_indices(10_000, 0.1, 3), sample_indices(10_000, 0.1, 3))
-    assert not np.array_equal(sample_indices(10_000, 0.1, 3), sample_indices(10_000, 0.1, 4))
+    np.testing.assert_array_equal(sample_indices(10_000, 1000, 3), sample_indices(10_000, 1000, 3))
+    assert not np.array_equal(sample_indices(10_000, 1000, 3), sample_indices(10_000, 1000, 4))
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "sizes", "expected"),
+    [
+        (10, [50, 50], [5, 5]),
+        (10, [30, 30, 30], [4, 3, 3]),  # the remainder to the first on ties
+        (7, [10, 60, 30], [1, 4, 2]),  # shares 0.7, 4.2, 2.1: integer parts 0, 4, 2, then the largest remainder
+        (1000, [3, 4], [3, 4]),  # capped at every item
+        (5, [0, 8], [0, 5]),
+    ],
+)
+def test_apportion(n_samples, sizes, expected):
+    counts = apportion(n_samples, sizes)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == min(n_samples, sum(sizes))
+
+
+def test_sample_sizes():
+    np.testing.assert_array_equal(sample_sizes([1000, 30]), [100, 3])  # the default fraction, 0.1
+    np.testing.assert_array_equal(sample_sizes([1000, 30], fraction=0.5), [500, 15])
+    np.testing.assert_array_equal(sample_sizes([1000, 30], n_samples=103), [100, 3])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fraction": 0.5, "n_samples": 10}, r"Pass fraction \(0.5\) or n_samples \(10\), not both"),
+        ({"n_samples": 0}, r"n_samples=0 must be a positive integer"),
+        ({"n_samples": 2.5}, r"n_samples=2.5 must be a positive integer"),
+        ({"fraction": 1.5}, r"fraction=1.5 must be a number in \(0, 1\]"),
+        ({"fraction": 0.0001}, r"samples no pixel; raise fraction to at least 0.001, or pass n_samples"),
+    ],
+)
+def test_sample_sizes_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample_sizes([1000], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [(np.float32, np.float32), (np.float16, np.float32), (np.uint16, np.float32), (np.int8, np.float32)]
+    + [(bool, np.float32), (np.float64, np.float64), (np.int32, np.float64), (np.uint64, np.float64)],
+)
+def test_sample_dtype_holds_the_values_exactly(dtype, expected):
+    assert sample_dtype(dtype) == expected
+    if np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize <= 4:  # wider integers: float64 as flowsom has them
+        info = np.iinfo(dtype)
+        extremes = np.array([info.min, info.max, info.max - 1], dtype=dtype)
+        assert (extremes.astype(expected).astype(dtype) == extremes).all()
 
 
 def test_take_rows_same_for_any_chunking():
@@ -42,27 +144,45 @@ def test_sample_image_values_are_the_pixels_at_coords(dtype, shape):
         if expected_coords is None:
             expected_coords = coords
         np.testing.assert_array_equal(coords, expected_coords)  # whatever the layout and chunking
-        assert values.dtype == np.float64
+        assert values.dtype == sample_dtype(dtype)
         assert values.shape == (len(coords), shape[0])
-        assert values.T.flags.c_contiguous  # channel-major, as the batch SOM and the labelling read it
-        np.testing.assert_array_equal(values, data[(slice(None), *coords.T)].T.astype(np.float64))
+        assert values.flags.c_contiguous  # pixel-major, as the online SOM reads it
+        np.testing.assert_array_equal(values, data[(slice(None), *coords.T)].T.astype(sample_dtype(dtype)))
+    n = int(np.prod(shape[1:]))
     flat = np.ravel_multi_index(tuple(expected_coords.T), shape[1:])
-    np.testing.assert_array_equal(flat, sample_indices(int(np.prod(shape[1:])), 0.3, 5))  # row-major order
+    np.testing.assert_array_equal(flat, sample_indices(n, sample_size(n, 0.3), 5))  # row-major order
 
 
-@pytest.mark.parametrize("batch_bytes", [64 * 2**20, 2000])
-def test_sample_pixels_reads_images_in_few_computations(monkeypatch, batch_bytes):
-    import dask
+def _five_images():
     import xarray as xr
 
-    from pixelflowsom import _sampling, sample_pixels
-
     rng = np.random.default_rng(0)
-    arrays = [rng.random((3, 40, 50)) for _ in range(5)]
+    arrays = [rng.random((3, 40, 50)).astype(np.float32) for _ in range(5)]
     images = [
         xr.DataArray(da.from_array(a, chunks=(1, 16, 16)), dims=("c", "y", "x"), coords={"c": ["a", "b", "c"]})
         for a in arrays
     ]
+    return arrays, images
+
+
+def _check_sample(sample, arrays, channels=(2, 0)):
+    # Independent reference: the images' values at the returned coordinates.
+    for i, array in enumerate(arrays):
+        rows = sample.image_index == i
+        y, x = sample.coords[rows].T
+        np.testing.assert_array_equal(sample.values[rows], array[list(channels)][:, y, x].T)
+        flat = np.ravel_multi_index((y, x), array.shape[1:])
+        assert (np.diff(flat) > 0).all()  # row-major within every image
+    assert sample.values.flags.c_contiguous
+    assert sample.values.dtype == np.float32
+
+
+def test_sample_pixels_reads_all_images_in_one_computation(monkeypatch):
+    import dask
+
+    from pixelflowsom import sample_pixels
+
+    arrays, images = _five_images()
     calls = []
     compute = dask.compute
 
@@ -71,15 +191,40 @@ def test_sample_pixels_reads_images_in_few_computations(monkeypatch, batch_bytes
         return compute(*args, **kwargs)
 
     monkeypatch.setattr(dask, "compute", counting)
-    monkeypatch.setattr(_sampling, "_BATCH_BYTES", batch_bytes)  # 5 images of 200 sampled pixels x 3 x 8 bytes
     sample = sample_pixels(images, 0.1, channels=["c", "a"], random_state=0)
-    # One computation for all images; with small batches, several, none returning much more than a batch.
-    assert len(calls) == 1 if batch_bytes > 1e6 else 2 <= len(calls) <= 5 * 200 * 3 * 8 // batch_bytes + 1
-    for i, array in enumerate(arrays):
-        rows = sample.image_index == i
-        y, x = sample.coords[rows].T
-        np.testing.assert_array_equal(sample.values[rows], array[[2, 0]][:, y, x].T)
-    assert _sampling.sample_size(40 * 50, 0.1) * 5 == sample.n_samples
+    assert len(calls) == 1
+    _check_sample(sample, arrays)
+    assert sample_size(40 * 50, 0.1) * 5 == sample.n_samples
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_sample_pixels_on_every_scheduler(scheduler):
+    import dask
+
+    from pixelflowsom import sample_pixels
+
+    arrays, images = _five_images()
+    with dask.config.set(scheduler="threads"):
+        expected = sample_pixels(images, 0.2, channels=["c", "a"], random_state=4)
+    with dask.config.set(scheduler=scheduler):
+        sample = sample_pixels(images, 0.2, channels=["c", "a"], random_state=4)
+    _check_sample(sample, arrays)
+    np.testing.assert_array_equal(sample.coords, expected.coords)
+    np.testing.assert_array_equal(sample.values, expected.values)
+
+
+def test_sample_pixels_n_samples_splits_over_the_images():
+    from pixelflowsom import sample_pixels
+
+    arrays, images = _five_images()
+    small = images[0][:, :10, :10]  # 100 pixels against 2000
+    sample = sample_pixels([small, *images[1:]], n_samples=3_000, channels=["c", "a"], random_state=1)
+    counts = np.bincount(sample.image_index)
+    np.testing.assert_array_equal(counts, apportion(3_000, [100, 2000, 2000, 2000, 2000]))
+    assert sample.n_samples == 3_000
+    _check_sample(sample, [arrays[0][:, :10, :10], *arrays[1:]])
+    everything = sample_pixels(images, n_samples=10**9, channels=["c", "a"], random_state=1)
+    assert everything.n_samples == 5 * 2000
 
 
 @pytest.mark.parametrize(
@@ -90,6 +235,7 @@ def test_sample_pixels_reads_images_in_few_computations(monkeypatch, batch_bytes
         ({"fraction": 0.5, "channels": ["a", "z"]}, KeyError, r"\['z'\] not found in image at position 0"),
         ({"fraction": 0.5, "channels": ["a", "a"]}, ValueError, "must name at least one channel, each once"),
         ({"fraction": 0.001}, ValueError, "samples no pixel; raise fraction to at least"),
+        ({"fraction": 0.5, "n_samples": 5}, ValueError, r"Pass fraction \(0.5\) or n_samples \(5\), not both"),
     ],
 )
 def test_sample_pixels_errors(kwargs, error, match):
@@ -122,9 +268,9 @@ def test_sample_pixels_reads_the_selected_channels_of_the_sampled_pixels(chunks,
     image = xr.DataArray(data, dims=("c", "y", "x"), coords={"c": labels})
     sample = sample_pixels([image], 0.25, channels=channels, random_state=3)
     positions = [labels.index(c) for c in channels]
-    expected = values[positions][:, sample.coords[:, 0], sample.coords[:, 1]].T.astype(np.float64)
+    expected = values[positions][:, sample.coords[:, 0], sample.coords[:, 1]].T
     np.testing.assert_array_equal(sample.values, expected)
-    assert sample.values.T.flags.c_contiguous
+    assert sample.values.flags.c_contiguous
     assert sample.channels == channels
 
 
@@ -139,6 +285,4 @@ def test_sample_pixels_does_not_read_chunks_of_unselected_channels():
     data = da.concatenate([selected[:2], poisoned[2:3], selected[3:]], axis=0)  # channel 2 must never be read
     image = xr.DataArray(data, dims=("c", "y", "x"), coords={"c": ["a", "b", "poisoned", "d"]})
     sample = sample_pixels([image], 0.5, channels=["d", "a"], random_state=0)
-    np.testing.assert_array_equal(
-        sample.values, values[[3, 0]][:, sample.coords[:, 0], sample.coords[:, 1]].T.astype(np.float64)
-    )
+    np.testing.assert_array_equal(sample.values, values[[3, 0]][:, sample.coords[:, 0], sample.coords[:, 1]].T)

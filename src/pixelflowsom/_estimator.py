@@ -27,10 +27,11 @@ from ._compat import (
     set_output_config,
 )
 from ._inference import SOMModel, label_image, label_table
+from ._log import phase
 from ._metacluster import choose_n_clusters, default_metaclustering
 from ._nearest import nearest_nodes
 from ._persistence import VersionedPickleMixin
-from ._sampling import PixelSample, sample_indices, sample_pixels, sample_size, take_rows
+from ._sampling import PixelSample, sample_indices, sample_pixels, sample_sizes, take_rows
 
 _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
 #: Parameters of the estimator that a SOM estimator passed as ``som`` gets too, when it has them.
@@ -55,7 +56,7 @@ def _is_dask_array(X) -> bool:
 class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEstimator, auto_wrap_output_keys=None):
     """FlowSOM clustering of pixels: a self-organizing map, then metaclustering of its nodes.
 
-    ``fit`` trains a ``xdim`` x ``ydim`` self-organizing map (SOM) on a random ``fraction`` of the rows, then groups
+    ``fit`` trains a ``xdim`` x ``ydim`` self-organizing map (SOM) on a random sample of the rows, then groups
     the SOM nodes into ``n_clusters`` metaclusters. Every row is then labelled by its nearest node and that node's
     metacluster. This is the FlowSOM algorithm (Van Gassen et al. 2015) as R FlowSOM and the ``flowsom`` Python
     package define it, with fast kernels: a GEMM-shaped nearest-node search in float32 with exact float64
@@ -77,9 +78,13 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         spanning tree of the codes, and the radius and learning-rate schedules are split over the phases.
     alpha : tuple of two floats, default=(0.05, 0.01)
         Start and end of the linearly decaying learning rate.
-    fraction : float, default=0.1
-        Fraction of the rows (pixels) to train on, in (0, 1]: ``int(fraction * n_rows)`` rows are drawn without
-        replacement.
+    fraction : float or None, default=None
+        Fraction of the rows (pixels) to train on, in (0, 1]: ``int(fraction * n_rows)`` rows (of every image) are
+        drawn without replacement. ``None``: 0.1, unless ``n_samples`` is given.
+    n_samples : int or None, default=None
+        Train on this many rows (pixels) in all, drawn without replacement, instead of a fraction (all rows if there
+        are fewer): the training sample, and so the memory of ``fit``, is then bounded whatever the size of the data.
+        Several images share it in proportion to their pixels. Exclusive with ``fraction``.
     som : {"online", "hybrid", "batch"} or estimator, default="online"
         SOM training algorithm. ``"online"`` is FlowSOM's single-sample SOM (R FlowSOM's algorithm, in float32
         arithmetic: see :mod:`pixelflowsom._som`). ``"batch"`` runs ``rlen`` epochs of the
@@ -165,8 +170,9 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
 
     **Images** (:class:`xarray.DataArray` with dims ``("c", "y", "x")`` or ``("c", "z", "y", "x")``, numpy- or
     dask-backed, a multiscale ``DataTree`` standing for its ``scale0``, or a list of them): ``fit`` samples
-    ``int(fraction * n_pixels)`` pixels of every image, with a seed derived from ``random_state`` and the image's
-    position in the list, independent of the chunking; sampled pixels with a NaN channel are then dropped.
+    ``int(fraction * n_pixels)`` pixels of every image (or its share of ``n_samples``), with a seed derived from
+    ``random_state`` and the image's position in the list, independent of the chunking; sampled pixels with a NaN
+    channel are then dropped.
     ``predict`` and ``transform`` return lazy dask-backed label images following the spatialdata convention:
     1-based ids, 0 where any selected channel of the pixel is NaN (or infinite), in the smallest unsigned dtype
     holding the ids (the computed blocks have exactly the declared dtype). ``predict`` gives the metacluster image
@@ -222,7 +228,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         "rlen": [Interval(Integral, 1, None, closed="left")],
         "mst": [Interval(Integral, 1, None, closed="left")],
         "alpha": ["array-like"],
-        "fraction": [Interval(Real, 0, 1, closed="right")],
+        "fraction": [Interval(Real, 0, 1, closed="right"), None],
+        "n_samples": [Interval(Integral, 1, None, closed="left"), None],
         "som": [StrOptions({"online", "batch", "hybrid"}), HasMethods(["fit"])],
         "metaclustering": [HasMethods(["fit_predict"]), None],
         "channels": [str, Integral, "array-like", None],
@@ -239,7 +246,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         rlen=10,
         mst=1,
         alpha=(0.05, 0.01),
-        fraction=0.1,
+        fraction=None,
+        n_samples=None,
         som="online",
         max_clusters=None,
         metaclustering=None,
@@ -254,6 +262,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.mst = mst
         self.alpha = alpha
         self.fraction = fraction
+        self.n_samples = n_samples
         self.som = som
         self.max_clusters = max_clusters
         self.metaclustering = metaclustering
@@ -334,7 +343,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
             # random_state=s)) then trains exactly as fit(images) with random_state=s.
             random_state.randint(np.iinfo(np.int32).max)
         elif _images.is_image_input(X):
-            sample = sample_pixels(X, self.fraction, channels=self.channels, random_state=random_state)
+            sample = self._sample(X, random_state)
         else:
             self._fit_table(X, alpha, random_state)
             return self
@@ -373,7 +382,13 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
                 f"training_sample takes an image or a list of images, got {type(X).__name__}; tables are sampled by "
                 "fit itself."
             )
-        return sample_pixels(X, self.fraction, channels=self.channels, random_state=self.random_state)
+        return self._sample(X, self.random_state)
+
+    def _sample(self, X, random_state):
+        with phase("sample the training pixels"):
+            return sample_pixels(
+                X, self.fraction, n_samples=self.n_samples, channels=self.channels, random_state=random_state
+            )
 
     def _check_pixel_sample(self, sample):
         if self.channels is not None:
@@ -392,11 +407,8 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         for attribute in ("channels_", "sample_coords_", "sample_indices_"):
             self.__dict__.pop(attribute, None)
         n = X.shape[0]
-        if sample_size(n, self.fraction) < 1:
-            raise ValueError(
-                f"fraction={self.fraction} of {n} rows samples no row; raise fraction to at least {1 / n:.3g}."
-            )
-        rows = sample_indices(n, self.fraction, random_state.randint(np.iinfo(np.int32).max))
+        size = int(sample_sizes([n], self.fraction, self.n_samples, unit="row")[0])
+        rows = sample_indices(n, size, random_state.randint(np.iinfo(np.int32).max))
         sample = take_rows(X, rows)
         if not np.isfinite(sample).all():
             raise ValueError("Input X contains NaN or infinity; remove or impute those rows before fitting.")
@@ -409,15 +421,17 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
             self.labels_ = label_table(X, self._som_model(), column=1)
 
     def _fit_sample(self, sample, alpha, random_state):
-        """Train the SOM and the metaclustering on an in-memory, finite, float64 sample; set fitted attributes.
+        """Train the SOM and the metaclustering on an in-memory, finite sample; set fitted attributes.
 
         Returns the nearest node of every sample row.
         """
-        codes, n_iter = self._train_som(sample, alpha, random_state)
-        nodes, distances = nearest_nodes(sample, codes, return_distances=True)
-        self.metaclustering_, self.n_clusters_, self.n_clusters_choice_ = self._fit_metaclustering(
-            codes, np.bincount(nodes, minlength=codes.shape[0]), random_state
-        )
+        with phase("train the SOM"):
+            codes, n_iter = self._train_som(sample, alpha, random_state)
+        with phase("metacluster the SOM nodes"):
+            nodes, distances = nearest_nodes(sample, codes, return_distances=True)
+            self.metaclustering_, self.n_clusters_, self.n_clusters_choice_ = self._fit_metaclustering(
+                codes, np.bincount(nodes, minlength=codes.shape[0]), random_state
+            )
         self.n_iter_ = n_iter
         self.codes_ = codes
         self.node_metacluster_ = np.asarray(self.metaclustering_.labels_, dtype=np.int64)

@@ -1,7 +1,8 @@
 """Which pixels ``fit`` trains on: a fixed-size random sample drawn without replacement, read chunk by chunk.
 
-The sample is a function of the number of pixels, ``fraction`` and a seed only, never of how the data are chunked
-or computed, so the same data give the same model whatever their dask layout or scheduler. :func:`sample_pixels`
+The sample is a function of the number of pixels, its size (``fraction`` of every image, or ``n_samples`` in all)
+and a seed only, never of how the data are chunked or computed, so the same data give the same model whatever their
+dask layout or scheduler. :func:`sample_pixels`
 draws the training sample of a list of images as :meth:`PixelFlowSOM.fit <pixelflowsom.PixelFlowSOM.fit>` does and
 returns it as a :class:`PixelSample`, which ``fit`` also accepts.
 """
@@ -9,7 +10,7 @@ returns it as a :class:`PixelSample`, which ``fit`` also accepts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 
 import numba
 import numpy as np
@@ -24,15 +25,69 @@ def sample_size(n: int, fraction: float) -> int:
     return int(fraction * n)
 
 
-def sample_indices(n: int, fraction: float, seed) -> np.ndarray:
-    """Sorted indices of ``int(fraction * n)`` of ``range(n)``, drawn without replacement.
+def apportion(n_samples: int, sizes) -> np.ndarray:
+    """Split ``n_samples`` draws over groups of ``sizes`` items in proportion to their sizes (largest remainders).
+
+    Parameters
+    ----------
+    n_samples
+        Total number of draws; capped at ``sum(sizes)``.
+    sizes
+        Number of items of every group.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 draws per group, each at most its size, summing to ``min(n_samples, sum(sizes))``: the integer parts of
+        the exact shares, then one more for the groups with the largest fractional parts (the first on ties).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    n_samples = min(int(n_samples), total)
+    if total == 0:
+        return np.zeros(len(sizes), dtype=np.int64)
+    exact = sizes * n_samples  # Python ints would not overflow; int64 holds 2**63 > any pixels * samples here
+    counts = exact // total
+    remainders = exact - counts * total
+    extra = n_samples - int(counts.sum())
+    counts[np.argsort(-remainders, kind="stable")[:extra]] += 1
+    return counts
+
+
+#: Uniform variates drawn at a time by :func:`sample_indices` (8 MB).
+_TILE = 1 << 20
+#: :func:`sample_indices` draws with numpy's ``choice`` up to this many items, or when the sample is at most a
+#: twentieth of them (then numpy's ``choice`` runs Floyd's algorithm, in memory proportional to the sample); beyond,
+#: numpy would permute an index of all items (``8 * n`` bytes: 800 MB for a 10,000 x 10,000 image).
+_PERMUTE_LIMIT = 1 << 22
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(uniforms, start, n, k, taken, out):
+    """Knuth's selection sampling (Algorithm S) of items ``start, start + 1, ...`` with the variates ``uniforms``.
+
+    Item ``t`` is taken with probability ``(k - taken) / (n - t)``, which draws ``k`` of ``n`` items uniformly without
+    replacement, in increasing order. Writes to ``out[taken:]``; returns the new ``taken``. Assumes validated input.
+    """
+    for i in range(uniforms.shape[0]):
+        if taken == k:
+            break
+        t = start + i
+        if (n - t) * uniforms[i] < k - taken:
+            out[taken] = t
+            taken += 1
+    return taken
+
+
+def sample_indices(n: int, size: int, seed) -> np.ndarray:
+    """Sorted indices of ``size`` of ``range(n)``, drawn uniformly without replacement.
 
     Parameters
     ----------
     n
         Number of items to sample from.
-    fraction
-        Fraction in (0, 1].
+    size
+        Number of items to draw, ``0 <= size <= n``.
     seed
         Anything :func:`numpy.random.default_rng` accepts (an int, a :class:`numpy.random.SeedSequence`).
 
@@ -40,11 +95,29 @@ def sample_indices(n: int, fraction: float, seed) -> np.ndarray:
     -------
     numpy.ndarray
         Sorted int64 indices (sorted, so that reading them walks the data once, chunk after chunk).
+
+    Notes
+    -----
+    Memory is the output's (``8 * size`` bytes) plus at most 32 MB: numpy's ``choice`` draws the sample of up to
+    ``_PERMUTE_LIMIT`` items, or of at most a twentieth of them (Floyd's algorithm); a larger share of more items is
+    drawn by selection sampling over ``n`` uniform variates drawn ``_TILE`` at a time (numpy's ``choice`` would permute
+    an index of all ``n`` items, ``8 * n`` bytes: 800 MB for a 10,000 x 10,000 image).
     """
-    size = sample_size(n, fraction)
+    n, size = int(n), int(size)
     if size == n:
         return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False, shuffle=False)).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    if n <= _PERMUTE_LIMIT or size <= n // 20:
+        out = rng.choice(n, size=size, replace=False, shuffle=False).astype(np.int64, copy=False)
+        out.sort()
+        return out
+    out = np.empty(size, dtype=np.int64)
+    taken = 0
+    for start in range(0, n, _TILE):
+        taken = _select(rng.random(min(_TILE, n - start)), start, n, size, taken, out)
+        if taken == size:
+            break
+    return out
 
 
 def take_rows(X, rows: np.ndarray) -> np.ndarray:
@@ -59,155 +132,206 @@ def take_rows(X, rows: np.ndarray) -> np.ndarray:
     return np.asarray(X[rows], dtype=np.float64)
 
 
+def sample_dtype(dtype) -> np.dtype:
+    """Return the dtype sampled values of an image of ``dtype`` are held in: float32 where it holds them exactly.
+
+    float32 for float32 (and float16) images and for integers of at most 16 bits (all exact in float32's 24-bit
+    significand); float64 otherwise.
+    """
+    dtype = np.dtype(dtype)
+    exact32 = (dtype.kind == "f" and dtype.itemsize <= 4) or (dtype.kind in "biu" and dtype.itemsize <= 2)
+    return np.dtype(np.float32 if exact32 else np.float64)
+
+
 @numba.njit(cache=True, nogil=True)
-def _gather_2d(block, channels, ys, xs, out):
-    """``out[k, i] = block[channels[k], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+def _gather_2d(block, channels, ys, xs, out, rows, columns):
+    """``out[rows[i], columns[k]] = block[channels[k], ys[i], xs[i]]``. Assumes validated input."""
     for k in range(channels.shape[0]):
         for i in range(ys.shape[0]):
-            out[k, i] = block[channels[k], ys[i], xs[i]]
+            out[rows[i], columns[k]] = block[channels[k], ys[i], xs[i]]
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_3d(block, channels, zs, ys, xs, out):
-    """``out[k, i] = block[channels[k], zs[i], ys[i], xs[i]]`` (``out`` float64). Assumes validated input."""
+def _gather_3d(block, channels, zs, ys, xs, out, rows, columns):
+    """``out[rows[i], columns[k]] = block[channels[k], zs[i], ys[i], xs[i]]``. Assumes validated input."""
     for k in range(channels.shape[0]):
         for i in range(ys.shape[0]):
-            out[k, i] = block[channels[k], zs[i], ys[i], xs[i]]
+            out[rows[i], columns[k]] = block[channels[k], zs[i], ys[i], xs[i]]
 
 
-@numba.njit(cache=True, nogil=True)
-def _scatter(values, rows, columns, block_values):
-    """``values[rows[k], columns[i]] = block_values[k, i]``. Assumes validated input."""
-    for k in range(rows.shape[0]):
-        for i in range(columns.shape[0]):
-            values[rows[k], columns[i]] = block_values[k, i]
+def _gather(block, local, channels, out, rows, columns):
+    """``out[rows, columns] = `` the values of ``block`` at the positions ``local`` in its channels ``channels``.
 
-
-def _take_block_pixels(block, local, channels):
-    """Block task: float64 values ``(k, m)`` of the pixels at ``local`` in the ``k`` channels at ``channels``.
-
-    ``local`` holds ``(ndim, m)`` positions inside the block; only the selected values are read.
+    ``local`` holds ``ndim`` arrays of positions inside the block. Only the selected values are read.
     """
     block = np.asarray(block)
-    out = np.empty((len(channels), len(local[0])), dtype=np.float64)
-    if block.dtype.kind not in "iuf":  # not a numba-typed number: plain indexing
-        out[:] = block[(slice(None), *local)][channels]
+    if block.dtype.kind not in "iuf":  # not a numba-typed number (bool): plain indexing
+        out[rows[:, None], columns[None, :]] = block[(slice(None), *local)][channels].T
     elif len(local) == 2:
-        _gather_2d(block, channels, *local, out)
+        _gather_2d(block, channels, *local, out, rows, columns)
     else:
-        _gather_3d(block, channels, *local, out)
+        _gather_3d(block, channels, *local, out, rows, columns)
+
+
+class _Output:
+    """The sample's values array, handed to the gather tasks of an in-process scheduler, which write into it.
+
+    A wrapper, so that dask neither hashes nor copies the array: it tokenizes as its identity.
+    """
+
+    def __init__(self, values):
+        self.values = values
+
+    def __dask_tokenize__(self):
+        return ("pixelflowsom-sample-output", id(self))
+
+
+def _gather_into(block, local, channels, output, rows, columns):
+    """Task of an in-process scheduler: write the block's sampled values into the sample, return nothing."""
+    _gather(block, local, channels, output.values, rows, columns)
+
+
+def _gather_block(block, local, channels, dtype):
+    """Task of an out-of-process scheduler: return the ``(m, k)`` sampled values of the block."""
+    out = np.empty((len(local[0]), len(channels)), dtype=dtype)
+    _gather(block, local, channels, out, np.arange(out.shape[0]), np.arange(out.shape[1]))
     return out
 
 
-def sample_image(image, fraction: float, seed):
-    """Sample ``int(fraction * n_pixels)`` pixels of one image, reading it chunk by chunk.
+@numba.njit(cache=True, nogil=True)
+def _nonfinite_rows(values):
+    """Return the indices of the rows of ``values`` holding a non-finite value (one pass, no temporary of its size)."""
+    bad = np.zeros(values.shape[0], np.bool_)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not np.isfinite(values[i, j]):
+                bad[i] = True
+                break
+    return np.flatnonzero(bad)
 
-    Parameters
-    ----------
-    image
-        ``(c, [z,] y, x)`` numpy- or dask-backed :class:`xarray.DataArray` (or plain array), channels selected.
-    fraction
-        Fraction in (0, 1].
-    seed
-        Seed of the draw (see :func:`sample_indices`).
 
-    Returns
-    -------
-    values : numpy.ndarray
-        ``(m, c)`` float64 values of the sampled pixels, in the row-major order of their positions (whatever the
-        chunking): the transpose of a C-contiguous ``(c, m)`` array.
-    coords : numpy.ndarray
-        ``(m, ndim)`` int64 array indices ``([z,] y, x)`` of the sampled pixels.
+def _block_groups(coords, chunks):
+    """Group sampled pixels by spatial block: ``(order, bounds, blocks, local)``.
 
-    Notes
-    -----
-    No flattened copy or coordinate grid of the image is made. For a dask array, one task per chunk holding
-    sampled pixels reads that chunk and returns just those pixels; the tasks run on the current dask scheduler.
+    ``coords`` are the ``(m, ndim)`` positions, ``chunks`` the spatial chunks of the image. The pixels of group ``g``
+    are ``order[bounds[g]:bounds[g + 1]]`` (in increasing order), in the block ``blocks[g]`` (its ``ndim`` block
+    indices); ``local`` holds every pixel's int64 position inside its block, ``(ndim, m)``, in the order of
+    ``order``.
     """
-    return _sample_images([image], fraction, [seed], [None])[0]
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    numblocks = tuple(len(c) for c in chunks)
+    block_of = [np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)]
+    block_id = np.ravel_multi_index(block_of, numblocks)
+    n_blocks = int(np.prod(numblocks))
+    # numpy sorts 16-bit keys stably by radix: linear in the pixels
+    key = block_id.astype(np.uint16) if n_blocks <= 1 << 16 else block_id
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(block_id, minlength=n_blocks)
+    present = np.flatnonzero(counts)
+    bounds = np.zeros(len(present) + 1, dtype=np.int64)
+    np.cumsum(counts[present], out=bounds[1:])
+    blocks = np.stack(np.unravel_index(present, numblocks), axis=1)
+    local = np.empty((len(chunks), len(order)), dtype=np.int64)
+    for a, s in enumerate(starts):
+        local[a] = coords[order, a] - s[block_of[a][order]]
+    return order, bounds, blocks, local
 
 
-#: Bytes of sampled values one dask computation of :func:`_sample_images` returns at most (beyond one block).
-_BATCH_BYTES = 64 * 2**20
+def _plan(image, size, seed, channels, values):
+    """Draw ``size`` pixels of one image; return ``(values, coords, tasks)``.
 
-
-def _sample_images(images, fraction, seeds, channels):
-    """:func:`sample_image` of every image, in its channels at positions ``channels``.
-
-    ``channels`` holds one array of positions along ``c`` per image (``None``: all channels); only the selected
-    channels of the sampled pixels are read.
-
-    The chunk reads of all images run in a few dask computations, each returning at most about ``_BATCH_BYTES`` of
-    sampled values, which are scattered into place before the next one starts: the results of all chunks are never
-    held at once beside the sample (for a 1.34M x 40 sample, 430 MB).
+    ``values`` is the ``(size, k)`` output (the ``k`` channels at positions ``channels``, all for ``None``), filled
+    already for a numpy-backed image. Otherwise ``tasks`` holds one entry per spatial block with
+    sampled pixels and chunk of the channel axis holding selected channels, ``(block, local, channels, rows,
+    columns)``: the chunk's ``Delayed`` (read as stored: the channel axis is not rechunked, so that a task holds one
+    stored chunk), the pixels' positions inside it, the selected channels' positions in it, and where their values go
+    in ``values``.
     """
-    import dask
-
-    plans = [
-        _plan(image, fraction, seed, positions) for image, seed, positions in zip(images, seeds, channels, strict=True)
-    ]
-    batches, batch, size = [], [], 0
-    for values, _, groups in plans:
-        for rows, tasks in groups:
-            batch.append((values, rows, tasks))
-            size += 8 * len(rows) * values.shape[0]
-            if size >= _BATCH_BYTES:
-                batches.append(batch)
-                batch, size = [], 0
-    batches.append(batch)
-    for batch in batches:
-        results = iter(dask.compute(*[task for _, _, tasks in batch for _, task in tasks]))
-        for values, rows, tasks in batch:
-            for out_rows, _ in tasks:
-                _scatter(values, out_rows, rows, next(results))
-    return [(values.T, coords) for values, coords, _ in plans]
-
-
-def _plan(image, fraction, seed, channels):
-    """Draw the pixels of one image; return ``(values, coords, groups)``.
-
-    ``values`` is the ``(k, m)`` float64 output (the ``k`` channels at positions ``channels``, all for ``None``),
-    filled already for a numpy-backed image; otherwise ``groups`` holds, for every spatial block with sampled pixels,
-    the columns ``rows`` of its pixels and one task per chunk of the channel axis holding selected channels,
-    ``(out_rows, task)``: the task (a ``Delayed``) reads that chunk as stored (the channel axis is not rechunked, so
-    that a task holds one stored chunk) and returns the values of its selected channels at the pixels, the rows
-    ``out_rows`` of ``values``.
-    """
-    import dask
     import dask.array as da
 
     data = getattr(image, "data", image)
     channels = check_channel_positions(channels, data.shape[0])  # the gather kernels read without bounds checks
     shape = data.shape[1:]
-    flat = sample_indices(int(np.prod(shape)), fraction, seed)
-    coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+    flat = sample_indices(int(np.prod(shape)), size, seed)
+    coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64, copy=False)
+    del flat
     if not isinstance(data, da.Array):
-        return _take_block_pixels(data, tuple(np.ascontiguousarray(coords.T)), channels), coords, []
+        _gather(data, tuple(coords.T), channels, values, np.arange(len(coords)), np.arange(len(channels)))
+        return values, coords, []
 
-    values = np.empty((len(channels), len(flat)), dtype=np.float64)
+    order, bounds, blocks, local = _block_groups(coords, data.chunks[1:])
     channel_bounds = np.cumsum((0, *data.chunks[0]))
-    starts = [np.cumsum((0, *chunks)) for chunks in data.chunks[1:]]
-    block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
-    block_id = np.ravel_multi_index(block_of.T, data.numblocks[1:])
-    order = np.argsort(block_id, kind="stable")
-    bounds = np.flatnonzero(np.diff(block_id[order])) + 1
     delayed_blocks = data.to_delayed()
-    groups = []
-    for rows in np.split(order, bounds):
-        if len(rows) == 0:
-            continue
-        b = tuple(block_of[rows[0]])
-        local = tuple(np.ascontiguousarray((coords[rows] - np.array([s[i] for s, i in zip(starts, b, strict=True)])).T))
-        tasks = []
+    tasks = []
+    for g, block in enumerate(blocks):
+        a, b = bounds[g], bounds[g + 1]
+        rows = order[a:b]
+        block_local = tuple(local[:, a:b])
         for ci, (c0, c1) in enumerate(zip(channel_bounds[:-1], channel_bounds[1:], strict=True)):
-            out_rows = np.flatnonzero((channels >= c0) & (channels < c1))
-            if len(out_rows):
-                task = dask.delayed(_take_block_pixels, pure=True)(
-                    delayed_blocks[(ci, *b)], local, channels[out_rows] - c0
-                )
-                tasks.append((out_rows, task))
-        groups.append((rows, tasks))
-    return values, coords, groups
+            columns = np.flatnonzero((channels >= c0) & (channels < c1))
+            if len(columns):
+                tasks.append((delayed_blocks[(ci, *block)], block_local, channels[columns] - c0, rows, columns))
+    return values, coords, tasks
+
+
+def _distributed_client():
+    """Return the ``distributed.Client`` dask computes on now, or None."""
+    from dask.base import get_scheduler
+
+    client = getattr(get_scheduler(), "__self__", None)
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    return client if isinstance(client, Client) else None
+
+
+def _run_gathers(plans) -> None:
+    """Read the chunks of every plan's tasks in one dask computation and put their values into the samples.
+
+    On an in-process scheduler (dask's threads, or synchronous) every task writes its pixels into the sample itself:
+    no result is held beside it. On a ``distributed.Client`` the results are scattered into the sample as they arrive
+    (at most the results in flight are held). On other schedulers (processes), all results are returned at once, then
+    scattered (the sample twice in memory at most).
+    """
+    import dask
+    import dask.local
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    jobs = [(values, task) for values, _, tasks in plans for task in tasks]
+    if not jobs:
+        return
+    if get_scheduler() in (None, dask.threaded.get, dask.local.get_sync):
+        outputs = {}
+        writes = []
+        for values, (block, local, channels, rows, columns) in jobs:
+            output = outputs.setdefault(id(values), _Output(values))
+            writes.append(dask.delayed(_gather_into, pure=False)(block, local, channels, output, rows, columns))
+        dask.compute(*writes)
+        return
+
+    reads = [
+        dask.delayed(_gather_block, pure=True)(block, local, channels, values.dtype)
+        for values, (block, local, channels, _, _) in jobs
+    ]
+
+    def scatter(i, result):
+        values, (_, _, _, rows, columns) = jobs[i]
+        values[rows[:, None], columns[None, :]] = result
+
+    client = _distributed_client()
+    if client is None:
+        for i, result in enumerate(dask.compute(*reads)):
+            scatter(i, result)
+        return
+    from distributed import as_completed
+
+    futures = client.compute(reads)
+    position = {future.key: i for i, future in enumerate(futures)}
+    for future, result in as_completed(futures, with_results=True):
+        scatter(position[future.key], result)
+        future.release()
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,8 +345,9 @@ class PixelSample:
     Parameters
     ----------
     values : ndarray of shape (n, p)
-        The float64 values of the sampled pixels in the selected channels, finite (the transpose of a
-        C-contiguous ``(p, n)`` array: channel-major, as the SOM kernels read it).
+        The values of the sampled pixels in the selected channels, finite, C-contiguous (pixel-major, as the online SOM
+        reads it): float32 when every image is float32 (or float16, or integers of at most 16 bits, all exact in
+        float32), float64 otherwise (:func:`sample_dtype`).
     coords : ndarray of shape (n, ndim)
         The int64 array indices ``([z,] y, x)`` of every pixel in its image.
     image_index : ndarray of shape (n,)
@@ -270,20 +395,112 @@ class PixelSample:
         return np.split(np.asarray(self.coords), bounds)
 
 
-def sample_pixels(images, fraction: float, *, channels=None, random_state=None) -> PixelSample:
-    """Sample ``int(fraction * n_pixels)`` pixels of every image, as :class:`~pixelflowsom.PixelFlowSOM` does.
+#: The fraction of the pixels sampled when neither ``fraction`` nor ``n_samples`` is given.
+DEFAULT_FRACTION = 0.1
 
-    Every image, in the order given, gets its own seed, derived from ``random_state`` and its position, and its
-    draw does not depend on how it is chunked; sampled pixels with a NaN (or infinite) value in a selected channel
-    are then dropped. Only the chunks holding sampled pixels are read, each once, in a few dask computations over
-    all images (each returning at most about 64 MB of values, so that memory stays the sample's plus a few chunks).
+
+def sample_sizes(n_pixels, fraction=None, n_samples=None, *, unit="pixel") -> np.ndarray:
+    """Return how many pixels are drawn from each image: ``int(fraction * n)``, or ``n_samples`` split over them.
+
+    Parameters
+    ----------
+    n_pixels : sequence of int
+        Number of pixels of every image.
+    fraction : float or None, default=None
+        In (0, 1]: every image gives ``int(fraction * n)`` pixels. ``None``: ``DEFAULT_FRACTION`` (0.1), unless
+        ``n_samples`` is given.
+    n_samples : int or None, default=None
+        Draw this many pixels in all (every pixel if the images have fewer), split over the images in proportion to
+        their pixels (:func:`apportion`). Exclusive with ``fraction``.
+    unit : str, default="pixel"
+        What is sampled, for the messages (``"row"`` for tables).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 number of pixels to draw from every image.
+
+    Raises
+    ------
+    ValueError
+        Both ``fraction`` and ``n_samples`` given, either out of range, or no pixel drawn at all.
+    """
+    if fraction is not None and n_samples is not None:
+        raise ValueError(
+            f"Pass fraction ({fraction!r}) or n_samples ({n_samples!r}), not both: n_samples draws a fixed number of "
+            "pixels in all, fraction a share of every image."
+        )
+    if n_samples is not None:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples={n_samples!r} must be a positive integer (a number of pixels).")
+        return apportion(n_samples, n_pixels)
+    fraction = DEFAULT_FRACTION if fraction is None else fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1].")
+    sizes = np.array([sample_size(n, fraction) for n in n_pixels], dtype=np.int64)
+    if sizes.sum() < 1:
+        raise ValueError(
+            f"fraction={fraction} of the {sum(n_pixels)} {unit}s samples no {unit}; raise fraction to at least "
+            f"{1 / max(n_pixels):.3g}, or pass n_samples."
+        )
+    return sizes
+
+
+def _sample_images(images, sizes, seeds, channels):
+    """Draw ``sizes[i]`` pixels of every image in its channels at positions ``channels[i]``; read them.
+
+    Returns ``(values, coords, bounds)``: the pooled ``(m, k)`` values (C-contiguous, :func:`sample_dtype` of the
+    images), the ``(m, ndim)`` int64 coordinates and the rows ``bounds[i]:bounds[i + 1]`` of every image. All
+    chunk reads of all images run in one dask computation (:func:`_run_gathers`).
+    """
+    dtype = np.result_type(*(sample_dtype(image.dtype) for image in images))
+    k = len(channels[0]) if channels[0] is not None else images[0].shape[0]
+    bounds = np.zeros(len(images) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    values = np.empty((int(bounds[-1]), k), dtype=dtype)
+    # Touch every page of the sample once, in order, before the reads write into it at random: first touches during
+    # the reads (which map and free two chunk-sized buffers per chunk) contend with them for the kernel's memory map
+    # and took 8 s more on a 10M x 20 float32 sample here (0.1-0.4 s now).
+    values.fill(0)
+    plans, coords = [], []
+    for i, (image, size, seed, positions) in enumerate(zip(images, sizes, seeds, channels, strict=True)):
+        view = values[bounds[i] : bounds[i + 1]]
+        image_values, image_coords, tasks = _plan(image, size, seed, positions, view)
+        plans.append((image_values, image_coords, tasks))
+        coords.append(image_coords)
+    _run_gathers(plans)
+    return values, np.concatenate(coords), bounds
+
+
+def sample_image(image, fraction: float, seed):
+    """Sample ``int(fraction * n_pixels)`` pixels of one image (all channels), reading it chunk by chunk.
+
+    Returns ``(values, coords)``: the ``(m, c)`` values (:func:`sample_dtype`) and the ``(m, ndim)`` int64 indices of
+    the pixels, in row-major order whatever the chunking.
+    """
+    values, coords, _ = _sample_images([image], [sample_size(int(np.prod(image.shape[1:])), fraction)], [seed], [None])
+    return values, coords
+
+
+def sample_pixels(images, fraction=None, *, n_samples=None, channels=None, random_state=None) -> PixelSample:
+    """Sample the pixels of images that :class:`~pixelflowsom.PixelFlowSOM` trains on.
+
+    Every image gives ``int(fraction * n_pixels)`` pixels, or, with ``n_samples``, its share of ``n_samples`` (in
+    proportion to its pixels). Every image, in the order given, gets its own seed, derived from ``random_state`` and
+    its position, and its draw does not depend on how it is chunked; sampled pixels with a NaN (or infinite) value in
+    a selected channel are then dropped. Only the chunks holding sampled pixels are read, each once, in one dask
+    computation over all images; on dask's threads their values go straight into the sample (memory: the sample
+    plus the chunks being read).
 
     Parameters
     ----------
     images : xarray.DataArray, DataTree or list of them
         Images with dims ``("c", "y", "x")`` or ``("c", "z", "y", "x")`` (see :class:`~pixelflowsom.PixelFlowSOM`).
-    fraction : float
-        In (0, 1].
+    fraction : float or None, default=None
+        In (0, 1]. ``None``: 0.1, unless ``n_samples`` is given.
+    n_samples : int or None, default=None
+        The number of pixels to draw in all (every pixel if the images have fewer), instead of a fraction: memory is
+        then bounded whatever the size of the images. Exclusive with ``fraction``.
     channels : str, int, list or None, default=None
         Channels to sample, by the labels of the images' ``c`` coordinate; ``None``: all channels of the first
         image.
@@ -305,35 +522,26 @@ def sample_pixels(images, fraction: float, *, channels=None, random_state=None) 
         Bad images or parameters (checked before any pixel is read), a fraction that samples no pixel, or an image
         whose sampled pixels all have a NaN channel.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
-        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1].")
     checked, _ = _images.check_images(images)
     labels = _images.resolve_channels(channels, checked[0])
     # Positions, not a selection (image.isel(c=...)): the sampled pixels' selected channels are read where they are,
     # without a copy of every chunk's selected channels first.
     positions = [_images.channel_positions(image, labels, i) for i, image in enumerate(checked)]
-    n_pixels = [int(np.prod(image.shape[1:])) for image in checked]
-    if sum(sample_size(n, fraction) for n in n_pixels) < 1:
-        raise ValueError(
-            f"fraction={fraction} of the {sum(n_pixels)} pixels samples no pixel; raise fraction to at least "
-            f"{1 / max(n_pixels):.3g}."
-        )
+    sizes = sample_sizes([int(np.prod(image.shape[1:])) for image in checked], fraction, n_samples)
     base_seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
     seeds = [np.random.SeedSequence([base_seed, i]) for i in range(len(checked))]
-    values, coords = [], []
-    for i, (v, c) in enumerate(_sample_images(checked, fraction, seeds, positions)):
-        image = checked[i]
-        finite = np.isfinite(v).all(axis=1)
-        if len(v) and not finite.any():
-            raise ValueError(
-                f"All {len(v)} sampled pixels of image {_images.image_name(image, i)} have a NaN (or infinite) value "
-                f"in the selected channels {labels}; select other channels, fix the image or leave it out."
-            )
-        if not finite.all():
-            v, c = v.T[:, finite].T, c[finite]
-        values.append(v)
-        coords.append(c)
-    # Keep the channel-major layout ((n, p) views of (p, n) arrays), which the SOM kernels read without a copy.
-    pooled = values[0] if len(values) == 1 else np.concatenate([v.T for v in values], axis=1).T
-    image_index = np.repeat(np.arange(len(checked), dtype=np.int64), [len(c) for c in coords])
-    return PixelSample(pooled, np.concatenate(coords), image_index, labels, len(checked))
+    values, coords, bounds = _sample_images(checked, sizes, seeds, positions)
+    image_index = np.repeat(np.arange(len(checked), dtype=np.int64), sizes)
+    bad = _nonfinite_rows(values)
+    if len(bad):
+        dropped = np.bincount(image_index[bad], minlength=len(checked))
+        for i, image in enumerate(checked):
+            if sizes[i] and dropped[i] == sizes[i]:
+                raise ValueError(
+                    f"All {sizes[i]} sampled pixels of image {_images.image_name(image, i)} have a NaN (or infinite) "
+                    f"value in the selected channels {labels}; select other channels, fix the image or leave it out."
+                )
+        keep = np.ones(len(values), dtype=bool)
+        keep[bad] = False
+        values, coords, image_index = values[keep], coords[keep], image_index[keep]
+    return PixelSample(values, coords, image_index, labels, len(checked))
