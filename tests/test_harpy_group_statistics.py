@@ -120,11 +120,12 @@ def test_gather_columns(dtype, order, channels, monkeypatch):
     monkeypatch.setattr(gs, "_GATHER_ROWS", 1000)  # several row blocks for the C layout
     X, _ = _table(dtype=dtype, order=order)
     perm = np.random.default_rng(2).permutation(len(X))[: len(X) // 2]
-    got = gs.gather_columns(X, perm, channels)
-    assert got.dtype == np.float64
-    assert got.flags.c_contiguous
     expected = X[perm] if channels is None else X[perm][:, channels]
-    np.testing.assert_array_equal(got, expected.T.astype(np.float64))
+    for out_dtype in (np.float64, np.float32):
+        got = gs.gather_columns(X, perm, channels, dtype=out_dtype)
+        assert got.dtype == out_dtype
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected.T.astype(out_dtype))
 
 
 def test_gather_columns_converts_other_dtypes():
@@ -141,7 +142,7 @@ def test_group_stats_match_pandas_numpy_scipy(dtype, order, shared):
     n_nodes, n_metas = len(SIZES), 3
     metas = rng.integers(0, n_metas, n_nodes)[nodes] if shared else rng.integers(0, n_metas, len(nodes))
     order_ = gs.sort_rows(nodes, n_nodes, metas, n_metas)
-    columns = gs.gather_columns(X, order_.perm)
+    columns = gs.gather_columns(X, order_.perm, dtype=dtype)  # float32 values are reduced as they are
 
     got = gs.group_stats(columns, *order_.node_pieces, mad=True, spread=True, maximum=True)
     _assert_stats(got, _reference(X, nodes, n_nodes))

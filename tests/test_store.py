@@ -172,10 +172,7 @@ def test_in_memory(ndim, scale_factors):
     images = _images(2, ndim)
     sdata = sd.SpatialData(images=images)
     values = _values(2, ndim)
-    result = write_label_stacks(
-        sdata, list(images), _lazy(values), _names(2), scale_factors=scale_factors, while_computing=lambda: "built"
-    )
-    assert result == "built"
+    write_label_stacks(sdata, list(images), _lazy(values), _names(2), scale_factors=scale_factors)
     assert sdata.path is None
     for (image, stack), names in zip(values.items(), _names(2), strict=True):
         for layer, name in enumerate(names):
@@ -277,29 +274,6 @@ def test_one_computation_each_block_once(tmp_path, monkeypatch, backed):
         np.testing.assert_array_equal(_level_values(sdata.labels[name[1]])[0], stack[1])
 
 
-@pytest.mark.parametrize("backed", [False, True])
-def test_while_computing_runs_during_the_computation(tmp_path, backed):
-    images = _images(1)
-    sdata = _backed(tmp_path, images) if backed else sd.SpatialData(images=images)
-    started, released = threading.Event(), threading.Event()
-
-    def label_block(block):
-        started.set()
-        assert released.wait(10), "while_computing did not run during the computation"
-        return block
-
-    stack = _lazy(_values(1))[0]
-    stack = stack.copy(data=stack.data.map_blocks(label_block, meta=np.empty((0, 0, 0), stack.dtype)))
-
-    def build():
-        assert started.wait(10), "the computation did not start before while_computing"
-        assert threading.current_thread() is threading.main_thread()
-        released.set()
-        return 7
-
-    assert write_label_stacks(sdata, ["im0"], [stack], [("c", "m")], while_computing=build) == 7
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # O(N) store work
 
@@ -362,26 +336,20 @@ def _wrong_dtype_block(block):
     return block.astype(np.uint32)
 
 
-@pytest.mark.parametrize("failure", ["compute", "dtype", "while_computing"])
+@pytest.mark.parametrize("failure", ["compute", "dtype"])
 @pytest.mark.parametrize("backed", [False, True])
 def test_failure_changes_nothing(tmp_path, failure, backed):
     images = _images(2)
     old = {"c0": Labels2DModel.parse(np.ones(SHAPE_2D, np.uint8), dims=("y", "x"))}
     sdata = _backed(tmp_path, images, old) if backed else sd.SpatialData(images=images, labels=old)
     stacks = _lazy(_values(2))
-    if failure in ("compute", "dtype"):
-        block = _raising_block if failure == "compute" else _wrong_dtype_block
-        stacks[1] = stacks[1].copy(data=stacks[1].data.map_blocks(block, meta=np.empty((0, 0, 0), np.uint8)))
-
-    def build():
-        if failure == "while_computing":
-            raise KeyError("building the FlowSOM object failed")
-
+    block = _raising_block if failure == "compute" else _wrong_dtype_block
+    stacks[1] = stacks[1].copy(data=stacks[1].data.map_blocks(block, meta=np.empty((0, 0, 0), np.uint8)))
     before = _snapshot(sdata.path) if backed else None
     elements = dict(sdata.labels)
-    error = {"compute": RuntimeError, "dtype": TypeError, "while_computing": KeyError}[failure]
-    with pytest.raises(error, match="labelling failed|declares uint8|building the FlowSOM"):
-        write_label_stacks(sdata, list(images), stacks, _names(2), while_computing=build)
+    error = {"compute": RuntimeError, "dtype": TypeError}[failure]
+    with pytest.raises(error, match="labelling failed|declares uint8"):
+        write_label_stacks(sdata, list(images), stacks, _names(2))
     assert dict(sdata.labels) == elements
     assert all(sdata.labels[k] is v for k, v in elements.items())
     if backed:

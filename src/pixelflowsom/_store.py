@@ -203,7 +203,7 @@ def scheduler(client):
 # the writer
 
 
-def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None, while_computing=None):
+def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None) -> None:
     """Compute label stacks in one dask computation and add them to ``sdata`` (and its store) as labels elements.
 
     ``stacks[i]`` is the lazy ``(2, [z,] y, x)`` label stack of the image element ``image_names[i]`` (layer 0: SOM
@@ -213,11 +213,11 @@ def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None,
     :func:`check_output_names`).
 
     All stacks are computed in one dask computation, each block once for both layers (and every pyramid level), on
-    the configured scheduler (see :func:`scheduler`), in a background thread while ``while_computing()`` runs in
-    this one. For an in-memory ``sdata`` the labels (every pyramid level) are persisted in memory. For a zarr-backed
-    ``sdata`` the computed blocks go straight into the new elements' arrays in the store (memory: a few chunks per
-    worker, whatever the number of images), the elements are swapped into place atomically and read back lazily;
-    the store work is O(number of elements): no re-read of the store per element, consolidated metadata written once.
+    the configured scheduler (see :func:`scheduler`). For an in-memory ``sdata`` the labels (every pyramid level)
+    are persisted in memory. For a zarr-backed ``sdata`` the computed blocks go straight into the new elements'
+    arrays in the store (memory: a few chunks per worker, whatever the number of images), the elements are swapped
+    into place atomically and read back lazily; the store work is O(number of elements): no re-read of the store per
+    element, consolidated metadata written once.
     The module docstring gives the exact protocol; a process killed at any point leaves every output name with its
     complete old or complete new element, and leftovers that :func:`remove_leftovers` (run first by every call)
     removes.
@@ -235,13 +235,6 @@ def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None,
         The two output names of each image.
     scale_factors : list, optional
         As in ``spatialdata.models.Labels2DModel.parse``: the labels become multiscale ``DataTree`` elements.
-    while_computing : callable, optional
-        Called without arguments in the calling thread while the labels compute.
-
-    Returns
-    -------
-    object
-        What ``while_computing()`` returned (None without it).
 
     Raises
     ------
@@ -253,7 +246,7 @@ def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None,
         element to replace, a backed store in the legacy zarr v2 format, or a computed block of another dtype than
         declared.
     Exception
-        Whatever the computation or ``while_computing`` raises: then ``sdata`` and its store are left unchanged
+        Whatever the computation raises: then ``sdata`` and its store are left unchanged
         (the store byte for byte).
 
     Notes
@@ -272,15 +265,15 @@ def write_label_stacks(sdata, image_names, stacks, names, *, scale_factors=None,
     root = _store_root(sdata)
     if root is None:
         levels = [level for element in elements for level in _levels(element)]
-        result, persisted = _run(lambda: _compute(levels, persist=True), while_computing)
+        persisted = _compute(levels, persist=True)
         computed, start = [], 0
         for element in elements:
             n = len(_levels(element))
             computed.append(_with_levels(element, persisted[start : start + n]))
             start += n
         _put_labels(sdata, outputs, computed)
-        return result
-    return _write_backed(sdata, root, outputs, elements, while_computing)
+        return
+    _write_backed(sdata, root, outputs, elements)
 
 
 def remove_leftovers(path_or_sdata) -> list[Path]:
@@ -465,21 +458,6 @@ def _put_labels(sdata, names, elements) -> None:
 # computing
 
 
-def _run(task, while_computing):
-    """Run ``task()`` in a background thread while ``while_computing()`` runs here; return both results."""
-    from concurrent.futures import wait
-
-    with ThreadPoolExecutor(1, thread_name_prefix="pixelflowsom-labels") as pool:
-        future = pool.submit(task)
-        try:
-            result = while_computing() if while_computing is not None else None
-        except BaseException:
-            # The computation may be writing into the staging folder: let it end before the caller cleans up.
-            wait([future])
-            raise
-        return result, future.result()
-
-
 def _compute(collections, persist=False) -> list:
     """``dask.compute`` (or ``persist``) of all collections at once, on the configured scheduler.
 
@@ -530,15 +508,14 @@ def _has_consolidated(root: Path) -> bool:
     return zarr.open_group(str(root), mode="r").metadata.consolidated_metadata is not None
 
 
-def _write_backed(sdata, root: Path, names, elements, while_computing):
+def _write_backed(sdata, root: Path, names, elements) -> None:
     """Stage, compute, swap, read back (the protocol of the module docstring)."""
     remove_leftovers(root)
     consolidated = _has_consolidated(root)
     staging = root / f"{STAGING_PREFIX}{secrets.token_hex(8)}-{'c' if consolidated else 'n'}"
     try:
         staging.mkdir()
-        # Staging too runs in the background thread, beside while_computing.
-        result, _ = _run(lambda: _stage_and_compute(staging, names, elements), while_computing)
+        _stage_and_compute(staging, names, elements)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -553,7 +530,6 @@ def _write_backed(sdata, root: Path, names, elements, while_computing):
             remove_leftovers(root)
         raise
     _put_labels(sdata, names, _read_labels(root, names))
-    return result
 
 
 def _stage_and_compute(staging: Path, names, elements) -> None:
@@ -562,7 +538,6 @@ def _stage_and_compute(staging: Path, names, elements) -> None:
     import dask.array as da
 
     # The stand-ins' zero chunks are computed synchronously, in this thread: not worth a round trip to a cluster.
-    # (dask's config is global: while_computing, if it computes with dask meanwhile, runs synchronously too.)
     folders = [staging / str(i) for i in range(len(names))]
     with dask.config.set(scheduler="synchronous"):
         arrays = [_stage(*args) for args in zip(folders, names, elements, strict=True)]

@@ -7,13 +7,14 @@ public API; the labels go into ``sdata`` (and its store); the sample and the mod
 from __future__ import annotations
 
 from collections.abc import Iterable
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
 
 from pixelflowsom import PixelFlowSOM
 from pixelflowsom._images import full_resolution
+from pixelflowsom._log import phase
 from pixelflowsom._nearest import nearest_nodes
 from pixelflowsom._store import check_image_names, check_output_names, scheduler, write_label_stacks
 from pixelflowsom.harpy._flowsom_object import build_flowsom
@@ -177,28 +178,23 @@ def flowsom(
             "output_metacluster_labels_name; pass one output name of each kind per image."
         )
     check_image_names(sdata, images)
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
-        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1], e.g. fraction=0.1.")
     if not isinstance(random_state, Integral) or isinstance(random_state, bool):
         raise TypeError(f"random_state={random_state!r} must be an int seed.")
-    options = flowsom_options(kwargs, n_clusters, random_state)
+    options = flowsom_options(kwargs)
     check_output_names(sdata, images, clusters, metaclusters, overwrite)
     arrays = [full_resolution(sdata.images[name]).rename(name) for name in images]
+    # Every value goes to PixelFlowSOM as given, to be validated there (before any pixel is read); its defaults are
+    # the call's.
     estimator = PixelFlowSOM(
         n_clusters=n_clusters,
-        max_clusters=options.max_clusters,
-        xdim=options.xdim,
-        ydim=options.ydim,
-        rlen=options.rlen,
-        mst=options.mst,
-        alpha=options.alpha,
         fraction=fraction,
-        som=options.som,
-        metaclustering=options.metaclustering,
         channels=channels,
         chunks=_spatial_chunks(chunks, arrays[0].ndim),
         random_state=random_state,
+        **options.estimator_params,
     )
+    som, metaclustering = options.models(estimator)
+    estimator.set_params(som=som, metaclustering=metaclustering)
 
     # ---- sample (images and channels are checked before a pixel is read), train, label, write
     with scheduler(client):
@@ -206,7 +202,11 @@ def flowsom(
         estimator.fit(sample)
         stacks = estimator.transform(arrays)
 
-        def build():  # the FlowSOM object (single-threaded numpy/pandas work) is built while the labels compute
+        # The FlowSOM object is built before the labels are computed, not beside them: a failure then leaves sdata and
+        # its store untouched, and beside the label pass it competed with the chunk reads (harpy's 10000^2 workload,
+        # benchmarks/bench_paper.py: 32.2 s for both at once, 6.4 s + 17.4 s one after the other).
+        @phase("build the flowsom.FlowSOM object")
+        def build():
             nodes, distances = nearest_nodes(sample.values, estimator.codes_, return_distances=True)
             fsom = build_flowsom(
                 sample.values,
@@ -216,15 +216,13 @@ def flowsom(
                 distances=distances,
                 codes=estimator.codes_,
                 node_metacluster=estimator.node_metacluster_,
-                model=options.fitted_model(
-                    estimator.codes_, estimator.node_metacluster_, nodes, distances, estimator.n_clusters_
-                ),
-                xdim=options.xdim,
-                ydim=options.ydim,
+                model=options.fitted_model(estimator, nodes, distances),
+                xdim=estimator.xdim,
+                ydim=estimator.ydim,
                 n_clusters=estimator.n_clusters_,
-                rlen=options.rlen,
-                mst=options.mst,
-                alpha=tuple(options.alpha),
+                rlen=estimator.rlen,
+                mst=estimator.mst,
+                alpha=tuple(estimator.alpha),
                 seed=random_state,
                 mad_allowed=options.mad_allowed,
                 obs=pd.DataFrame(
@@ -232,28 +230,38 @@ def flowsom(
                 ),
                 obsm={spatial_key: np.asarray(sample.coords, dtype=np.int64)},
             )
-            # What harpy does to the table after FlowSOM: int cols_used (zarr cannot store bools), categorical labels.
+            # What harpy does to the table after FlowSOM: int cols_used (zarr cannot store bools), categorical labels
+            # (built from the labels: astype("category") would hash every row).
             cell_data = fsom.get_cell_data()
             cell_data.var["cols_used"] = cell_data.var["cols_used"].astype(int)
-            for key in ("metaclustering", "clustering"):
-                cell_data.obs[key] = cell_data.obs[key].astype("category")
+            n_nodes = estimator.codes_.shape[0]
+            cell_data.obs["clustering"] = _categorical(nodes, n_nodes)
+            cell_data.obs["metaclustering"] = _categorical(estimator.node_metacluster_[nodes], n_nodes)
             return fsom
 
-        fsom = write_label_stacks(
-            sdata,
-            images,
-            stacks,
-            list(zip(clusters, metaclusters, strict=True)),
-            scale_factors=scale_factors,
-            while_computing=build,
-        )
+        fsom = build()
+        with phase("label the images and write the labels"):
+            write_label_stacks(
+                sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)), scale_factors=scale_factors
+            )
 
     mapping = pd.Series(
         estimator.node_metacluster_.astype(np.int64) + 1,
-        index=pd.Index(np.arange(1, options.xdim * options.ydim + 1, dtype=np.int64)),
+        index=pd.Index(np.arange(1, estimator.codes_.shape[0] + 1, dtype=np.int64)),
         name="metaclustering",
     )
     return sdata, fsom, mapping
+
+
+def _categorical(labels, n_labels) -> pd.Categorical:
+    """Return ``pd.Series(labels).astype("category")``'s values for labels in ``0..n_labels-1``, without hashing.
+
+    As that call gives them: the categories are the labels present, sorted (int64), the codes their positions.
+    """
+    present = np.flatnonzero(np.bincount(labels, minlength=n_labels))
+    code = np.zeros(n_labels, dtype=np.min_scalar_type(-len(present)))  # the signed dtype pandas picks for codes
+    code[present] = np.arange(len(present))
+    return pd.Categorical.from_codes(code[labels], categories=pd.Index(present.astype(np.int64)))
 
 
 def _regions(images, image_index) -> pd.Categorical:

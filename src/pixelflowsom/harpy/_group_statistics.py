@@ -196,8 +196,8 @@ def sort_rows(nodes, n_nodes: int, metas, n_metas: int) -> RowOrder:
 # Gathering the columns
 
 
-def gather_columns(X, perm, channels=None) -> np.ndarray:
-    """Copy the rows ``perm`` of ``X`` channel-major, in float64: ``X[perm][:, channels].T``.
+def gather_columns(X, perm, channels=None, dtype=np.float64) -> np.ndarray:
+    """Copy the rows ``perm`` of ``X`` channel-major: ``X[perm][:, channels].T``, as ``dtype``.
 
     Parameters
     ----------
@@ -207,26 +207,28 @@ def gather_columns(X, perm, channels=None) -> np.ndarray:
         ``(m,)`` row indices, in ``[0, n)`` (not checked).
     channels
         The columns to copy (anything that indexes ``range(p)``, e.g. a slice); default: all.
+    dtype
+        Float dtype of the copy (float32 holds float32 values as they are, in half the memory).
 
     Returns
     -------
     numpy.ndarray
-        ``(len(channels), m)`` C-contiguous float64.
+        ``(len(channels), m)`` C-contiguous, of ``dtype``.
 
     Notes
     -----
-    When every channel of ``X`` is contiguous (``X`` is the transpose of a C-contiguous ``(p, n)`` array, as
-    :func:`pixelflowsom.sample_pixels` returns it) the channels are gathered one by one with :func:`numpy.take`;
-    otherwise the rows are gathered in blocks of ``_GATHER_ROWS`` and transposed, so that no temporary is larger than
-    one block. ``mode="clip"``: numpy then writes straight into the output (``mode="raise"`` buffers it, 2x slower).
+    When every channel of ``X`` is contiguous (``X`` is the transpose of a C-contiguous ``(p, n)`` array) the
+    channels are gathered one by one with :func:`numpy.take`; otherwise the rows are gathered in blocks of
+    ``_GATHER_ROWS`` and transposed, so that no temporary is larger than one block. ``mode="clip"``: numpy then
+    writes straight into the output (``mode="raise"`` buffers it, 2x slower).
     """
     X = np.asarray(X)
     perm = np.asarray(perm, dtype=np.int64)
     channels = np.arange(X.shape[1])[slice(None) if channels is None else channels]
-    out = np.empty((len(channels), len(perm)), dtype=np.float64)
+    out = np.empty((len(channels), len(perm)), dtype=dtype)
     if X.strides[0] == X.itemsize:  # contiguous channels
         for k, c in enumerate(channels):
-            if X.dtype == np.float64:
+            if X.dtype == out.dtype:
                 np.take(X[:, c], perm, out=out[k], mode="clip")
             else:
                 out[k] = X[:, c].take(perm, mode="clip")
@@ -389,7 +391,7 @@ def _median_kernel(values, starts, stops, ptr, median, mad):
     Parameters
     ----------
     values
-        ``(n,)`` float64.
+        ``(n,)`` float64 or float32 (order statistics are taken in float64: exact for float32 values).
     starts, stops, ptr
         int64 pieces of the groups.
     median
@@ -407,7 +409,7 @@ def _median_kernel(values, starts, stops, ptr, median, mad):
         for piece in range(ptr[g], ptr[g + 1]):
             size += stops[piece] - starts[piece]
         largest = max(largest, size)
-    buf = np.empty(0, np.float64)
+    buf = np.empty(0, values.dtype)
     band = np.empty(largest, np.float64)
     state = np.int64(0x2545F4914F6CDD1D)
     for g in range(n_groups):
@@ -420,7 +422,7 @@ def _median_kernel(values, starts, stops, ptr, median, mad):
             m = a.shape[0]
         else:  # gather the non-NaN values
             if buf.shape[0] == 0:
-                buf = np.empty(largest, np.float64)
+                buf = np.empty(largest, values.dtype)
             m = 0
             for piece in range(ptr[g], ptr[g + 1]):
                 for i in range(starts[piece], stops[piece]):
@@ -515,11 +517,11 @@ def _moments(columns, starts, stops, ptr, spread: bool, maximum: bool):
         if not spread:
             continue
         if count[g].min() == seg.shape[1]:  # no NaN
-            mean[g] = seg.mean(axis=1)
-            sd[g] = seg.std(axis=1)
+            mean[g] = seg.mean(axis=1, dtype=np.float64)
+            sd[g] = seg.std(axis=1, dtype=np.float64)
             continue
         with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 = NaN where a channel is all NaN
-            mu = np.where(nan, 0.0, seg).sum(axis=1) / count[g]
+            mu = np.where(nan, 0.0, seg).sum(axis=1, dtype=np.float64) / count[g]
             deviations = np.where(nan, 0.0, seg - mu[:, None])
             mean[g] = mu
             sd[g] = np.sqrt(np.einsum("ij,ij->i", deviations, deviations) / count[g])
@@ -543,7 +545,8 @@ def group_stats(
     Parameters
     ----------
     columns
-        ``(p, n)`` float64 values, channel-major (e.g. from :func:`gather_columns`); a channel is a row.
+        ``(p, n)`` values, channel-major (e.g. from :func:`gather_columns`); a channel is a row. float32 values are
+        reduced as they are, in float64 arithmetic (other dtypes are converted to float64 first).
     starts, stops, ptr
         The groups: group ``g`` is the positions ``starts[i]:stops[i]`` for ``i`` in ``ptr[g]:ptr[g + 1]`` (see
         :class:`RowOrder`).
@@ -566,7 +569,8 @@ def group_stats(
         ``(n_groups, p)`` arrays: ``count`` (int64 number of non-NaN values) and the float64 statistics asked for.
         Groups without non-NaN values in a channel get NaN there.
     """
-    columns = np.ascontiguousarray(columns, dtype=np.float64)
+    columns = np.asarray(columns)
+    columns = np.ascontiguousarray(columns, dtype=columns.dtype if columns.dtype.kind == "f" else np.float64)
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     stops = np.ascontiguousarray(stops, dtype=np.int64)
     ptr = np.ascontiguousarray(ptr, dtype=np.int64)

@@ -12,8 +12,8 @@ interface on pixelflowsom's SOM.
 from __future__ import annotations
 
 import inspect
+from contextlib import suppress
 from dataclasses import dataclass, field
-from numbers import Integral
 
 import numpy as np
 from flowsom.models import BaseClusterEstimator, BaseFlowSOMEstimator, FlowSOMEstimator
@@ -26,8 +26,8 @@ from pixelflowsom._nearest import nearest_nodes
 FLOWSOM_KEYWORDS = ("xdim", "ydim", "rlen", "mst", "alpha", "mad_allowed", "model", "max_clusters")
 #: Cluster-model options pixelflowsom's SOM implements; any other option of the cluster model trains with flowsom.
 _FAST_SOM_KEYWORDS = {"xdim", "ydim", "rlen", "mst", "alpha", "seed", "som"}
-#: FlowSOM's defaults of the SOM parameters.
-_SOM_DEFAULTS = {"xdim": 10, "ydim": 10, "rlen": 10, "mst": 1, "alpha": (0.05, 0.01)}
+#: The SOM parameters flowsom's models and PixelFlowSOM share (their values: PixelFlowSOM's).
+_SOM_PARAMETERS = ("xdim", "ydim", "rlen", "mst", "alpha")
 
 
 class PixelSOMEstimator(BaseClusterEstimator):
@@ -102,46 +102,68 @@ class PixelSOMEstimator(BaseClusterEstimator):
 class FlowSOMOptions:
     """The drop-in's ``**kwargs``, split as ``flowsom.FlowSOM(**kwargs)`` splits them.
 
-    ``som`` and ``metaclustering`` are the parameters to give :class:`~pixelflowsom.PixelFlowSOM`; the rest builds
-    the flowsom model of the returned ``flowsom.FlowSOM`` (:meth:`fitted_model`).
+    ``estimator_params`` are parameters of :class:`~pixelflowsom.PixelFlowSOM` (the SOM's, and ``max_clusters``),
+    given only where the call gives them: their defaults are the estimator's. :meth:`models` then gives the
+    estimator's ``som`` and ``metaclustering``, and :meth:`fitted_model` the flowsom model of the returned
+    ``flowsom.FlowSOM``.
     """
 
     model_class: type
-    xdim: int
-    ydim: int
-    rlen: int
-    mst: int
-    alpha: tuple
-    som: object  #: "hybrid", "online", "batch", or an unfitted flowsom cluster model
-    metaclustering: object  #: an unfitted flowsom metacluster model with n_clusters
+    estimator_params: dict  #: PixelFlowSOM parameters given in **kwargs: xdim, ydim, rlen, mst, alpha, max_clusters
+    som: object  #: "hybrid", "online", "batch" (pixelflowsom's SOM), or None: a flowsom cluster model trains
     mad_allowed: object
-    max_clusters: object  #: pixelflowsom's max_clusters, for n_clusters="auto"
-    params: dict = field(default_factory=dict)  #: the keywords of model_class(...)
+    cluster_options: dict = field(default_factory=dict)  #: other options of the flowsom cluster model
+    metacluster_options: dict = field(default_factory=dict)  #: options of the flowsom metacluster model
 
-    def fitted_model(self, codes, node_metacluster, labels, distances, n_clusters):
-        """Return a fitted ``model_class`` with these codes, in the state ``fit_predict`` of the sample leaves it.
+    def _params(self, estimator, n_clusters) -> dict:
+        """Keywords of ``model_class(...)``: the estimator's SOM parameters, seed, ``n_clusters`` and the options."""
+        som_params = {name: getattr(estimator, name) for name in _SOM_PARAMETERS}
+        som_params["alpha"] = tuple(som_params["alpha"])
+        return som_params | {"seed": estimator.random_state, "n_clusters": n_clusters} | self.metacluster_options
+
+    def models(self, estimator) -> tuple:
+        """Return ``(som, metaclustering)``: the parameters to give ``estimator`` (a :class:`PixelFlowSOM`).
+
+        ``som`` is pixelflowsom's algorithm, or the unfitted cluster model of ``model_class`` when the call asks flowsom
+        to train; ``metaclustering`` is the unfitted metacluster model of ``model_class``. PixelFlowSOM validates its
+        parameters when it samples, before any work, and sets its ``n_clusters`` (or the chosen one) on its clone of
+        ``metaclustering``; the model is built here with ``n_clusters``, or, for ``"auto"``, the largest number tried.
+        """
+        n_clusters = estimator.n_clusters
+        if n_clusters == "auto":
+            n_clusters = estimator.max_clusters
+            if n_clusters is None:  # PixelFlowSOM's: 20, or the number of nodes if smaller
+                with suppress(TypeError):
+                    n_clusters = min(20, estimator.xdim * estimator.ydim)
+        metacluster_class = inspect.signature(self.model_class).parameters["metacluster_model"].default
+        metaclustering = metacluster_class(n_clusters=n_clusters, **self.metacluster_options)
+        if self.som is not None:
+            return self.som, metaclustering
+        params = self._params(estimator, n_clusters) | self.cluster_options
+        return self.model_class(**params).cluster_model, metaclustering
+
+    def fitted_model(self, estimator, labels, distances):
+        """Return a fitted ``model_class`` in the state ``fit_predict`` of the sample leaves it.
 
         Parameters
         ----------
-        codes, node_metacluster
-            The trained codes and the 0-based metacluster of every node.
+        estimator
+            The fitted :class:`PixelFlowSOM`: its codes, node -> metacluster map and number of metaclusters.
         labels, distances
             The 0-based nearest node of every training row and the distance to it (flowsom keeps both).
-        n_clusters
-            The number of metaclusters (the chosen one for ``n_clusters="auto"``).
         """
-        params = self.params | {"n_clusters": n_clusters}
-        if isinstance(self.som, str):
+        params = self._params(estimator, estimator.n_clusters_)
+        if self.som is not None:
             model = self.model_class(cluster_model=PixelSOMEstimator, **params, som=self.som)
         else:
-            model = self.model_class(**params)
+            model = self.model_class(**params | self.cluster_options)
         cluster = model.cluster_model
         # The state flowsom's cluster models are in after fit: codes, labels_ and distances of the training rows.
-        cluster.codes = np.array(codes, dtype=np.float64)
+        cluster.codes = np.array(estimator.codes_, dtype=np.float64)
         cluster.labels_ = np.asarray(labels)
         cluster.distances = np.asarray(distances)
         cluster._is_fitted = True
-        model._y_codes = np.asarray(node_metacluster)
+        model._y_codes = np.asarray(estimator.node_metacluster_)
         model.cluster_labels_ = cluster.labels_
         model.labels_ = model._y_codes[cluster.labels_]
         model._is_fitted = True
@@ -162,16 +184,16 @@ def _model_keywords(model_class, default) -> tuple[set[str], set[str]]:
     return cluster, set(inspect.signature(metacluster).parameters)
 
 
-def flowsom_options(kwargs: dict, n_clusters, random_state) -> FlowSOMOptions:
-    """Split the drop-in's ``**kwargs`` as ``flowsom.FlowSOM`` would, checking them before any work.
+def flowsom_options(kwargs: dict) -> FlowSOMOptions:
+    """Split the drop-in's ``**kwargs`` as ``flowsom.FlowSOM`` would, checking the keywords before any work.
+
+    Values are not checked here: the SOM parameters and ``max_clusters`` go to :class:`~pixelflowsom.PixelFlowSOM`,
+    which validates them before it reads a pixel.
 
     Raises
     ------
     TypeError
         An unknown keyword (naming it and listing the known ones), or ``model`` that is not a flowsom model class.
-    ValueError
-        ``xdim``, ``ydim`` or ``n_clusters`` not a positive integer (or ``"auto"`` for ``n_clusters``), more
-        metaclusters than SOM nodes, or ``max_clusters`` not an integer from 2 to the number of SOM nodes.
     """
     model_class = kwargs.get("model", FlowSOMEstimator)
     if not (inspect.isclass(model_class) and issubclass(model_class, BaseFlowSOMEstimator)):
@@ -187,49 +209,18 @@ def flowsom_options(kwargs: dict, n_clusters, random_state) -> FlowSOMOptions:
             f"flowsom() got unexpected keyword argument(s) {unknown}; FlowSOM options are {sorted(allowed)} "
             "(the seed is random_state, the channels are channels)."
         )
-    som_params = {name: kwargs.get(name, default) for name, default in _SOM_DEFAULTS.items()}
-    checked = [("xdim", som_params["xdim"]), ("ydim", som_params["ydim"])]
-    if not (isinstance(n_clusters, str) and n_clusters == "auto"):
-        checked.append(("n_clusters", n_clusters))
-    for name, value in checked:
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"{name}={value!r} must be a positive integer" + (' or "auto".' if name == "n_clusters" else ".")
-            )
-    n_nodes = som_params["xdim"] * som_params["ydim"]
-    if n_clusters != "auto" and n_clusters > n_nodes:
-        raise ValueError(
-            f"n_clusters={n_clusters} is larger than the number of SOM nodes xdim * ydim = {n_nodes}; lower "
-            "n_clusters or enlarge the grid."
-        )
-    max_clusters = kwargs.get("max_clusters")
-    if max_clusters is not None and (
-        not isinstance(max_clusters, Integral) or isinstance(max_clusters, bool) or not 2 <= max_clusters <= n_nodes
-    ):
-        raise ValueError(
-            f"max_clusters={max_clusters!r} must be an integer from 2 to the number of SOM nodes xdim * ydim = "
-            f"{n_nodes}."
-        )
-    # flowsom's metacluster models need an n_clusters when built; PixelFlowSOM sets the chosen one on its clone.
-    initial_clusters = n_clusters if n_clusters != "auto" else (max_clusters or min(20, n_nodes))
-    cluster_options = {k: v for k, v in kwargs.items() if k in cluster_keys and k not in _SOM_DEFAULTS}
+    estimator_params = {name: kwargs[name] for name in (*_SOM_PARAMETERS, "max_clusters") if name in kwargs}
+    cluster_options = {k: v for k, v in kwargs.items() if k in cluster_keys and k not in _SOM_PARAMETERS}
     metacluster_options = {k: v for k, v in kwargs.items() if k in metacluster_keys and k not in cluster_keys}
-    params = som_params | {"seed": random_state, "n_clusters": initial_clusters} | metacluster_options
     flowsom_trains = "model" in kwargs or set(cluster_options) - _FAST_SOM_KEYWORDS
-    if flowsom_trains:
-        params |= {k: v for k, v in cluster_options.items() if k != "som"}
-        som = model_class(**params).cluster_model
-    else:
-        som = cluster_options.get("som", PixelFlowSOM().som)  # the estimator's default
-    metacluster_class = inspect.signature(model_class).parameters["metacluster_model"].default
+    som = None if flowsom_trains else cluster_options.pop("som", PixelFlowSOM().som)  # the estimator's default
     return FlowSOMOptions(
         model_class=model_class,
+        estimator_params=estimator_params,
         som=som,
-        metaclustering=metacluster_class(n_clusters=initial_clusters, **metacluster_options),
-        mad_allowed=kwargs.get("mad_allowed", 4),
-        max_clusters=max_clusters,
-        params=params,
-        **som_params,
+        mad_allowed=kwargs.get("mad_allowed", 4),  # flowsom's default
+        cluster_options={k: v for k, v in cluster_options.items() if k != "som"},
+        metacluster_options=metacluster_options,
     )
 
 
