@@ -72,6 +72,8 @@ _STAGING_RE = re.compile(r"^\.pixelflowsom-[0-9a-f]{16}-[cn]$")
 #: Temporary files of zarr's atomic writes (``zarr.json`` -> ``zarr.<uuid4 hex>.partial``), left by a killed write.
 _PARTIAL_RE = re.compile(r"^zarr\.[0-9a-f]{32}\.partial$")
 _ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
+#: Threads that write or read the metadata of many elements at once (their time goes to waiting on zarr's I/O).
+_METADATA_THREADS = 8
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -537,10 +539,12 @@ def _stage_and_compute(staging: Path, names, elements) -> None:
     import dask
     import dask.array as da
 
-    # The stand-ins' zero chunks are computed synchronously, in this thread: not worth a round trip to a cluster.
+    # The stand-ins' zero chunks are computed synchronously: not worth a round trip to a cluster. Elements are staged
+    # by a few threads at once: each mostly waits for about 20 metadata operations of zarr's event loop (the 64
+    # elements of 32 FOVs: 1.7 s one by one, 1.0 s on 8 threads; in dask tasks beside the computation, 2.3 s).
     folders = [staging / str(i) for i in range(len(names))]
-    with dask.config.set(scheduler="synchronous"):
-        arrays = [_stage(*args) for args in zip(folders, names, elements, strict=True)]
+    with dask.config.set(scheduler="synchronous"), ThreadPoolExecutor(_METADATA_THREADS) as pool:
+        arrays = list(pool.map(_stage, folders, names, elements))
     sources, targets = [], []
     for element, element_arrays in zip(elements, arrays, strict=True):
         for level, target in zip(_levels(element), element_arrays, strict=True):
@@ -647,12 +651,14 @@ def _read_labels(root: Path, names) -> list:
 
     version = zarr.open_group(str(root), mode="r", use_consolidated=False).attrs.get("spatialdata_attrs", {})
     version = version.get("version", "0.1")
-    elements = []
-    for name in names:
+
+    def read(name):
         path = root / "labels" / name
         reader_format = get_raster_format_for_read(zarr.open_group(str(path), mode="r"), version)
-        elements.append(_read_multiscale(str(path), "labels", reader_format))
-    return elements
+        return _read_multiscale(str(path), "labels", reader_format)
+
+    with ThreadPoolExecutor(_METADATA_THREADS) as pool:  # see _stage_and_compute
+        return list(pool.map(read, names))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
