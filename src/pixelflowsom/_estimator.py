@@ -285,6 +285,12 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
                 f"max_clusters={self.max_clusters} is larger than the number of SOM nodes xdim * ydim = "
                 f"{self.xdim} * {self.ydim} = {n_nodes}; lower max_clusters or enlarge the grid."
             )
+        if isinstance(self.chunks, tuple) and not all(
+            isinstance(c, Integral) and not isinstance(c, bool) and c > 0 for c in self.chunks
+        ):
+            raise ValueError(
+                f"chunks={self.chunks!r} must hold a positive int per spatial axis, e.g. (1024, 1024) for (y, x)."
+            )
         if self.n_clusters == "auto" and n_nodes < 2:
             raise ValueError('n_clusters="auto" needs a SOM of at least 2 nodes; enlarge xdim or ydim.')
         try:

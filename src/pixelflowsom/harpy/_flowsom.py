@@ -29,20 +29,16 @@ def _names(value, what: str) -> list[str]:
 
 
 def _spatial_chunks(chunks, ndim):
-    """Translate harpy's ``chunks`` (with the ``c`` axis) to PixelFlowSOM's spatial chunks."""
-    if chunks is None or chunks == "auto":
+    """Translate harpy's ``chunks`` (with the ``c`` axis) to PixelFlowSOM's spatial chunks; PixelFlowSOM validates."""
+    if not isinstance(chunks, tuple | list):
         return chunks
-    if isinstance(chunks, Integral) and not isinstance(chunks, bool) and chunks > 0:
-        return int(chunks)
-    if isinstance(chunks, tuple | list) and all(isinstance(c, Integral) and c > 0 for c in chunks):
-        if len(chunks) != ndim:
-            axes = "(c, y, x)" if ndim == 3 else "(c, z, y, x)"
-            raise ValueError(
-                f"chunks={tuple(chunks)} has {len(chunks)} sizes; these images need {ndim}: {axes}. The c size is "
-                "ignored: the model reads all channels of a pixel at once."
-            )
-        return tuple(int(c) for c in chunks[1:])
-    raise TypeError(f"chunks={chunks!r} must be None, 'auto', a positive int or a tuple of positive ints.")
+    if len(chunks) != ndim:
+        axes = "(c, y, x)" if ndim == 3 else "(c, z, y, x)"
+        raise ValueError(
+            f"chunks={tuple(chunks)} has {len(chunks)} sizes; these images need {ndim}: {axes}. The c size is "
+            "ignored: the model reads all channels of a pixel at once."
+        )
+    return tuple(chunks[1:])
 
 
 def flowsom(
