@@ -1,5 +1,7 @@
 """The command line, as a new user runs it: demo, cluster, apply, and every error path (exit code 2, one line)."""
 
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +17,17 @@ from pixelflowsom._synthetic import make_synthetic_image
 from .conftest import image_reference
 
 
-def write_store(path, seeds=(0,), channels=6, size=80, order=None):
-    """A store of synthetic images ``img0``, ...; ``order`` stores their channels in another order."""
+def write_store(path, seeds=(0,), channels=6, size=80, order=None, nan=True):
+    """A store of synthetic images ``img0``, ...; ``order`` stores their channels in another order.
+
+    ``nan``: six background pixels of every image are NaN.
+    """
     images = {}
     for i, seed in enumerate(seeds):
         image, _ = make_synthetic_image((size, size), n_channels=channels, n_phenotypes=4, seed=seed)
         image = image.copy()
-        image.values[:, :2, :3] = np.nan  # background pixels
+        if nan:
+            image.values[:, :2, :3] = np.nan  # background pixels
         if order is not None:
             image = image.isel(c=order)
         images[f"img{i}"] = Image2DModel.parse(
@@ -130,7 +136,11 @@ def test_help(argv, capsys):
 CLUSTER_ERRORS = [
     (["--image", "nope"], "image(s) ['nope'] not found in"),
     (["--image", "img0", "--channels", "CD3"], "['CD3'] not found in image 'img0'; available channels"),
-    (["--image", "img0", "--fraction", "0"], "--fraction 0.0 must be in (0, 1]"),
+    (["--image", "img0", "--fraction", "0"], "The 'fraction' parameter of PixelFlowSOM must be a float in the range"),
+    (["--image", "img0", "--fraction", "1.5"], "parameter of PixelFlowSOM must be a float in the range (0.0, 1.0]"),
+    (["--image", "img0", "--n-samples", "0"], "The 'n_samples' parameter of PixelFlowSOM must be an int in the range"),
+    (["--image", "img0", "--fraction", "0.2", "--n-samples", "10"], "Pass fraction (0.2) or n_samples (10), not both:"),
+    (["--image", "img0", "--n-clusters", "0"], "The 'n_clusters' parameter of PixelFlowSOM must be an int in the"),
     (["--image", "img0", "--n-clusters", "500"], "n_clusters=500 is larger than the number of SOM nodes"),
     (["--image", "img0", "--chunks", "40,40"], "--chunks 40,40 has 2 sizes; these images need 3: c,y,x"),
     (["--image", "img0", "--chunks", "big"], "--chunks 'big' must be 'auto', an int, or comma-separated ints"),
@@ -320,3 +330,157 @@ def test_cluster_overwrite_killed_at_any_step_loses_nothing(tmp_path):
         shutil.rmtree(store)
     assert ("old",) * 4 in seen
     assert ("new",) * 4 in seen or len(seen) > 1  # killed before, between and after the swaps
+
+
+def test_cluster_n_samples(tmp_path, capsys):
+    """--n-samples trains on that many pixels in all; the labels are the nearest nodes of the saved model's codes."""
+    import joblib
+
+    store = write_store(tmp_path / "sample.zarr", seeds=(0, 1), nan=False)
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--channels", "marker_02", "marker_00"]
+    argv += ["marker_05", "--n-clusters", "3", "--n-samples", "1001", "--save-model", str(model_path)]
+    assert main([*argv, "--quiet"]) == 0
+    assert "on 1001 sampled pixels of 2 image(s)" in capsys.readouterr().out
+    model = joblib.load(model_path)
+    assert model.n_samples_fit_ == 1001
+    assert model.n_samples == 1001
+    assert model.fraction is None  # not given: the estimator's default applies
+    assert model.channels_ == ["marker_02", "marker_00", "marker_05"]
+    for image in ("img0", "img1"):
+        assert_labels_right(store, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
+
+
+def test_demo_n_samples(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--size", "64", "--channels", "6", "--phenotypes", "4", "--n-samples", "500"]
+    assert main(argv) == 0
+    assert "SOM on 500 sampled pixels (12.2%)" in capsys.readouterr().out
+
+
+PROGRESS_LINE = re.compile(r"^\[#* *\] +\d+% \| \d+/\d+ tasks \| \d+\.\d s$")
+
+
+@pytest.fixture
+def show_every_computation(monkeypatch):
+    """Show the progress of every computation, however short (the tests' computations take milliseconds)."""
+    from pixelflowsom import _progress
+
+    monkeypatch.setattr(_progress, "MINIMUM_SECONDS", 0.0)
+    monkeypatch.setattr(_progress, "INTERVAL_SECONDS", 0.02)
+
+
+def test_progress_on_stderr_unless_quiet(store, show_every_computation, capsys):
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--pictures", str(store.parent / "p")]
+    assert main([*argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "tasks" not in out
+    assert main([*argv, "--overwrite"]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) >= 2  # the training sample, the labels (not a terminal: one plain line per computation)
+    assert all(PROGRESS_LINE.match(line) for line in lines), err
+    assert "100% |" in lines[-1]
+    assert "tasks" not in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_in_place_on_a_terminal(show_every_computation):
+    import dask
+    import dask.array as da
+
+    from pixelflowsom._progress import progress
+
+    stream = _Terminal()
+    with progress(stream=stream):
+        da.ones(10, chunks=2).sum().compute()
+        assert stream.getvalue().endswith("\n")  # the line ends with its computation
+        dask.compute(da.ones(4, chunks=1) + 1, scheduler="synchronous")
+    text = stream.getvalue()
+    assert text.count("\n") == 2  # one line per computation
+    for line in text.split("\n")[:-1]:
+        assert line.startswith("\r[")
+        assert PROGRESS_LINE.match(line.split("\r")[-1].rstrip()), line
+        assert "100% |" in line.split("\r")[-1]
+
+
+def test_progress_plain_lines_only_for_long_computations():
+    """Off a terminal: a computation shorter than MINIMUM_SECONDS prints nothing, nor does a tick of a short one."""
+    from pixelflowsom._progress import MINIMUM_SECONDS, ProgressLine
+
+    stream = io.StringIO()
+    line = ProgressLine(stream)
+    line.begin()
+    line.update(1, 4)
+    line.tick()
+    line.end(complete=True)
+    assert stream.getvalue() == ""
+    line.begin()
+    line._start -= MINIMUM_SECONDS  # as if it had run that long
+    line.update(1, 4)
+    line.tick()
+    assert stream.getvalue() == ""  # no plain line before PLAIN_EVERY_SECONDS
+    line.end(complete=True)
+    assert PROGRESS_LINE.match(stream.getvalue().rstrip("\n"))
+    assert "100% | 4/4 tasks" in stream.getvalue()
+
+
+def test_progress_costs_no_wait_per_computation():
+    """dask's ProgressBar(dt=1.0) waited up to a second at the end of every computation; this display does not."""
+    import time
+
+    import dask.array as da
+
+    from pixelflowsom._progress import progress
+
+    x = da.ones(4, chunks=2).sum()
+    with progress(stream=_Terminal()):
+        x.compute()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(10):
+            x.compute()
+        seconds = time.perf_counter() - t0
+    assert seconds < 1.0, seconds
+
+
+def test_progress_on_a_distributed_cluster(store, tmp_path, show_every_computation, capsys):
+    """--scheduler ADDRESS: the scheduler's reports give progress lines on stderr (none with --quiet), right labels."""
+    import joblib
+    from distributed import LocalCluster
+
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "3"]
+    argv += ["--save-model", str(model_path), "--pictures", str(tmp_path / "p")]
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster:
+        assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+        out, err = capsys.readouterr()
+        assert f"Using the dask cluster at {cluster.scheduler_address}" in out
+        lines = err.splitlines()
+        assert lines, "no progress line"
+        assert all(PROGRESS_LINE.match(line) for line in lines), err
+        assert main([*argv, "--scheduler", cluster.scheduler_address, "--overwrite", "--quiet"]) == 0
+        assert capsys.readouterr().err == ""
+    model = joblib.load(model_path)
+    for image in ("img0", "img1"):
+        assert_labels_right(store, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
+
+
+def test_scheduler_address_without_a_scheduler(store, capsys):
+    import dask
+    import distributed  # noqa: F401 - its configuration first, so that the config.set below leaves it whole
+
+    before = snapshot(store)
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}), pytest.raises(SystemExit) as exc:
+        main(["cluster", str(store), "--image", "img0", "--scheduler", "tcp://127.0.0.1:1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pixelflowsom cluster: error: --scheduler 'tcp://127.0.0.1:1': no dask scheduler to connect")
+    assert err.count("\n") == 1
+    assert snapshot(store) == before

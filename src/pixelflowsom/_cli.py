@@ -74,33 +74,44 @@ def _parse_channels(values):
 
 @contextmanager
 def _computing(args):
-    """Run the dask work of a command on its ``--scheduler`` (a ``Client`` for an address), with a progress bar."""
+    """Run the dask work of a command on its ``--scheduler``, showing its progress on stderr unless ``--quiet``."""
+    from ._progress import progress
     from ._store import scheduler
 
-    with _progress(args.scheduler, progress=not args.quiet) as client, scheduler(client):
+    with _scheduler(args.scheduler) as client, scheduler(client), progress(client, enabled=not args.quiet):
         yield
 
 
 @contextmanager
-def _progress(spec: str, progress: bool):
-    """Run dask work with the chosen scheduler (yields a ``Client`` for an address); a progress bar locally."""
+def _scheduler(spec: str):
+    """Configure dask's local scheduler ``spec``, or connect to the dask.distributed scheduler at address ``spec``.
+
+    Yields the ``distributed.Client`` for an address, None otherwise.
+    """
     import dask
 
     if spec in ("threads", "processes", "synchronous"):
-        from dask.diagnostics import ProgressBar
-
         with dask.config.set(scheduler=spec):
-            if progress:
-                with ProgressBar(dt=1.0, out=sys.stderr):
-                    yield None
-            else:
-                yield None
-    else:
-        from distributed import Client
+            yield None
+        return
+    from distributed import Client
 
-        with Client(spec) as client:
-            print(f"Using the dask cluster at {spec} (dashboard: {client.dashboard_link})", file=sys.stderr)
-            yield client
+    try:
+        client = Client(spec)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise _UsageError(f"--scheduler {spec!r}: no dask scheduler to connect to there ({_message(error)})") from None
+    with client:
+        print(f"Using the dask cluster at {spec} (dashboard: {client.dashboard_link})")
+        yield client
+
+
+def _say(*lines: str) -> None:
+    """Print ``lines`` on stdout, after ending the progress line of the computation that just returned."""
+    from ._progress import settle
+
+    settle()
+    for line in lines:
+        print(line)
 
 
 def _image_elements(sdata, images, store: Path) -> list:
@@ -135,9 +146,13 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
     stacks = model.transform(arrays)  # checks every image's channels before anything is computed
     t0 = time.perf_counter()
     write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
-    print(f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:")
-    for image, c, m in zip(images, clusters, metaclusters, strict=True):
-        print(f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}")
+    _say(
+        f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:",
+        *(
+            f"  {image}: SOM nodes -> {c!r}, metaclusters -> {m!r}"
+            for image, c, m in zip(images, clusters, metaclusters, strict=True)
+        ),
+    )
     return metaclusters
 
 
@@ -203,15 +218,16 @@ def _train(args, sdata, store, images):
     model = PixelFlowSOM(
         n_clusters=args.n_clusters,
         max_clusters=args.max_clusters,
-        xdim=args.xdim,
-        ydim=args.ydim,
         fraction=args.fraction,
+        n_samples=args.n_samples,
         channels=_parse_channels(args.channels),
         chunks=_spatial_chunks(args.chunks, arrays[0].ndim),
         random_state=args.seed,
     )
-    if args.som is not None:
-        model.set_params(som=args.som)
+    # Options not given keep the estimator's defaults (they live there only).
+    model.set_params(
+        **{name: getattr(args, name) for name in ("xdim", "ydim", "som") if getattr(args, name) is not None}
+    )
     sample = model.training_sample(arrays)  # checks parameters, images and channels before reading a pixel
     model.fit(sample)
     return model, sample, arrays
@@ -242,9 +258,11 @@ def _demo(args) -> int:
     sd.SpatialData(images={"tissue": element}).write(store, overwrite=True)
     sdata = sd.read_zarr(store)
     # What `pixelflowsom cluster STORE --image tissue --n-clusters PHENOTYPES ...` does, with its defaults.
+    sampling = [] if args.fraction is None else ["--fraction", repr(args.fraction)]
+    sampling += [] if args.n_samples is None else ["--n-samples", str(args.n_samples)]
     cluster_args = build_parser().parse_args(
         ["cluster", str(store), "--image", "tissue", "--n-clusters", str(args.phenotypes), "--seed", str(args.seed)]
-        + ["--fraction", repr(args.fraction), "--quiet"]
+        + [*sampling, "--quiet"]
     )
     with _computing(cluster_args):
         model, sample, arrays = _train(cluster_args, sdata, store, ["tissue"])
@@ -254,8 +272,9 @@ def _demo(args) -> int:
     pictures = _save_pictures(out / "pictures", sdata, names, model, sample)
     sizes = np.bincount(metaclusters.ravel(), minlength=args.phenotypes + 1)[1:]
     print(
-        f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels (fraction "
-        f"{args.fraction}), {args.phenotypes} metaclusters; labelled {metaclusters.size} pixels."
+        f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels "
+        f"({model.n_samples_fit_ / metaclusters.size:.1%}), {args.phenotypes} metaclusters; labelled "
+        f"{metaclusters.size} pixels."
     )
     print("Metacluster sizes (pixels): " + ", ".join(f"{i + 1}: {n}" for i, n in enumerate(sizes)))
     print(f"Adjusted Rand index of the metaclusters against the known phenotypes: {ari:.3f}")
@@ -278,7 +297,7 @@ def _cluster(args) -> int:
     with _computing(args):
         model, sample, arrays = _train(args, sdata, store, images)
         chosen = " (chosen from the data)" if model.n_clusters == "auto" else ""
-        print(
+        _say(
             f"Trained a {model.xdim}x{model.ydim} SOM ({model.som}) on {model.n_samples_fit_} sampled pixels of "
             f"{len(images)} image(s), {model.n_clusters_} metaclusters{chosen}, in {time.perf_counter() - t0:.1f} s."
         )
@@ -322,6 +341,8 @@ def _pictures_folder(args, store: Path) -> Path:
 
 
 def _add_common(parser, *, training):
+    from . import PixelFlowSOM
+
     parser.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
     parser.add_argument(
         "--image", action="append", required=True, metavar="NAME", help="image element to label (repeat for several)"
@@ -348,14 +369,14 @@ def _add_common(parser, *, training):
         help="dask scheduler: threads (default), processes, or the ADDRESS of a dask.distributed scheduler",
     )
     parser.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="show no progress of the dask computations (shown on stderr otherwise)"
+    )
     if training:
         parser.add_argument(
             "--channels", nargs="+", metavar="CHANNEL", help="channels to cluster on (default: all of the first image)"
         )
-        parser.add_argument(
-            "--fraction", type=float, default=0.1, help="fraction of pixels to train on, in (0, 1] (default: 0.1)"
-        )
+        _add_sampling(parser)
         parser.add_argument(
             "--n-clusters",
             type=_n_clusters,
@@ -368,8 +389,9 @@ def _add_common(parser, *, training):
             metavar="N",
             help="with --n-clusters auto: the largest number of metaclusters tried (default: 20)",
         )
-        parser.add_argument("--xdim", type=int, default=10, help="SOM grid width (default: 10)")
-        parser.add_argument("--ydim", type=int, default=10, help="SOM grid height (default: 10)")
+        defaults = PixelFlowSOM().get_params()
+        parser.add_argument("--xdim", type=int, help=f"SOM grid width (default: {defaults['xdim']})")
+        parser.add_argument("--ydim", type=int, help=f"SOM grid height (default: {defaults['ydim']})")
         parser.add_argument("--seed", type=int, default=100, help="random seed (default: 100, as harpy)")
         parser.add_argument(
             "--som",
@@ -378,6 +400,25 @@ def _add_common(parser, *, training):
             "batch SOM",
         )
         parser.add_argument("--save-model", metavar="FILE", help="save the fitted model (joblib), for `apply`")
+
+
+def _add_sampling(parser):
+    """``--fraction`` and ``--n-samples``: passed to PixelFlowSOM as given (None: not given), which checks them."""
+    from ._sampling import DEFAULT_FRACTION
+
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        help=f"fraction of the pixels of every image to train on, in (0, 1] (default: {DEFAULT_FRACTION}, unless "
+        "--n-samples is given)",
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        metavar="N",
+        help="number of pixels to train on in all, split over the images in proportion to their pixels (instead of "
+        "--fraction)",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -411,14 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--phenotypes", type=int, default=6, help="number of phenotypes, background included (default: 6)"
     )
-    demo.add_argument("--fraction", type=float, default=0.1, help="fraction of pixels to train on (default: 0.1)")
+    _add_sampling(demo)
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(func=_demo)
 
     cluster = sub.add_parser(
         "cluster",
         help="cluster the pixels of images in a SpatialData store and write the labels into it",
-        description="Train FlowSOM on a fraction of the pixels of the images, label every pixel, write the SOM-node "
+        description="Train FlowSOM on a sample of the pixels of the images, label every pixel, write the SOM-node "
         "and metacluster labels elements into the store (as harpy.im.flowsom does) and save pictures next to it.",
     )
     _add_common(cluster, training=True)
@@ -448,8 +489,6 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if not 0 < getattr(args, "fraction", 0.5) <= 1:
-            raise _UsageError(f"--fraction {args.fraction} must be in (0, 1]")
         return args.func(args)
     except _UsageError as error:
         parser.exit(2, f"pixelflowsom {args.command}: error: {error}\n")
