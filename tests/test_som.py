@@ -383,6 +383,20 @@ def test_online_som_stops_when_codes_stop_changing():
     np.testing.assert_array_equal(codes, 1.0)
 
 
+@pytest.mark.parametrize("stop", [True, False])
+def test_online_som_leaves_the_random_state_as_sequential_draws_would(stop):
+    # The next pass's samples are drawn ahead, in a thread: after training, the random state must be where drawing
+    # one order per pass run leaves it (one pass when the codes stop changing, rlen otherwise).
+    X = np.ones((20, 3)) if stop else make_blobs(n=50, p=3)[0]
+    rs, expected = check_random_state(3), check_random_state(3)
+    rlen = 4
+    _, n_iter = _som.online_som(X, X[:4], _som.grid_distances(2, 2), rlen, (0.05, 0.01), (1.0, 0.0), rs, ydim=2)
+    assert n_iter == (1 if stop else rlen)
+    for _ in range(n_iter):
+        expected.randint(0, len(X), size=len(X))
+    np.testing.assert_array_equal(rs.randint(0, 2**31, size=5), expected.randint(0, 2**31, size=5))
+
+
 def test_grid_matches_flowsom_node_order():
     grid = _som.grid_coordinates(3, 2)
     np.testing.assert_array_equal(grid, [(x, y) for x in range(3) for y in range(2)])
