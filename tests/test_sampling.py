@@ -68,6 +68,27 @@ def test_sample_indices_of_large_shares_take_little_memory():
     assert peak < 8 * 1_000_000 + 16 * 2**20
 
 
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [((37, 41), ((10, 10, 17), (41,))), ((5, 13, 17), ((2, 3), (7, 6), (5, 5, 5, 2))), ((64, 64), ((64,), (64,)))],
+)
+def test_block_groups_match_a_numpy_reference(shape, chunks):
+    flat = sample_indices(int(np.prod(shape)), int(np.prod(shape)) // 3, 0)
+    coords, order, bounds, blocks, local = _sampling._block_groups(flat, shape, chunks)
+    np.testing.assert_array_equal(coords, np.stack(np.unravel_index(flat, shape), axis=1))
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    block_of = np.stack([np.searchsorted(s, coords[:, a], side="right") - 1 for a, s in enumerate(starts)], axis=1)
+    seen = []
+    for g, block in enumerate(blocks):
+        rows = order[bounds[g] : bounds[g + 1]]
+        expected = np.flatnonzero((block_of == block).all(axis=1))
+        np.testing.assert_array_equal(rows, expected)  # that block's pixels, in increasing order
+        origin = np.array([s[b] for s, b in zip(starts, block, strict=True)])
+        np.testing.assert_array_equal(local[:, bounds[g] : bounds[g + 1]].T, coords[rows] - origin)
+        seen.append(rows)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(len(flat)))
+
+
 def test_sample_depends_on_seed_only():
     np.testing.assert_array_equal(sample_indices(10_000, 1000, 3), sample_indices(10_000, 1000, 3))
     assert not np.array_equal(sample_indices(10_000, 1000, 3), sample_indices(10_000, 1000, 4))
