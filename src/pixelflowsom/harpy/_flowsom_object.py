@@ -32,7 +32,7 @@ from pixelflowsom.harpy._group_statistics import (
     sort_rows,
 )
 
-__all__ = ["build_flowsom"]
+__all__ = ["build_flowsom", "default_obs_names"]
 
 #: Bytes of the copy of a block of channels in :func:`_cluster_stats`, when the channels of ``X`` are contiguous (a
 #: block reads just its channels), and when ``X`` is row-major (every block reads the rows at random again: fewer,
@@ -62,6 +62,7 @@ def build_flowsom(
     mad_allowed=4,
     obs: pd.DataFrame | Mapping | None = None,
     obsm: Mapping[str, np.ndarray] | None = None,
+    obs_names: pd.Index | None = None,
 ) -> FlowSOM:
     """Build the :class:`flowsom.FlowSOM` that ``FlowSOM.__init__`` would build, from a computed clustering.
 
@@ -106,6 +107,9 @@ def build_flowsom(
         they do in ``FlowSOM.__init__``.
     obsm
         Extra ``cell_data.obsm`` arrays (e.g. ``"spatial"``), ``n`` rows each.
+    obs_names
+        ``default_obs_names(n)``, if already made (it takes a second for 10M rows: the caller may make it while other
+        work runs); made here otherwise.
 
     Returns
     -------
@@ -166,9 +170,7 @@ def build_flowsom(
         obs = pd.DataFrame(obs, copy=False)  # a new frame (the caller's keeps its index), the same columns
         if len(obs) != n:
             raise ValueError(f"obs has {len(obs)} rows for {n} rows of X.")
-        # anndata's default obs_names "0", "1", ... (straight from ints: pandas' astype(str) goes through a numpy
-        # array of fixed-width unicode first, 32 bytes per row)
-        obs.index = pd.Index(np.fromiter(map(str, range(n)), dtype=object, count=n), dtype=object, copy=False)
+        obs.index = default_obs_names(n) if obs_names is None else obs_names
     # The obs names are unique by construction: anndata's check would hash every one (5 s for 10M rows).
     with ad.settings.override(check_uniqueness=False):
         adata = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=names), obsm=None if obsm is None else dict(obsm))
@@ -223,6 +225,15 @@ def build_flowsom(
 
     FlowSOM.build_MST(fsom)
     return fsom
+
+
+def default_obs_names(n: int) -> pd.Index:
+    """Return anndata's default obs names of ``n`` rows, ``"0"``, ``"1"``, ..., as flowsom's cell table has them.
+
+    Made straight from the ints (pandas' ``astype(str)`` goes through a numpy array of fixed-width unicode first, 32
+    bytes per row).
+    """
+    return pd.Index(np.fromiter(map(str, range(n)), dtype=object, count=n), dtype=object, copy=False)
 
 
 def _labels(values, name: str, n: int) -> np.ndarray:
