@@ -18,6 +18,7 @@ from sklearn.utils import check_random_state
 
 from . import _images
 from ._nearest import check_channel_positions
+from ._schedulers import THREADS, active_scheduler, in_process
 
 
 def sample_size(n: int, fraction: float) -> int:
@@ -317,15 +318,13 @@ def _plan(image, size, seed, channels, values):
     return values, coords, tasks
 
 
-def _distributed_client():
-    """Return the ``distributed.Client`` dask computes on now, or None."""
-    from dask.base import get_scheduler
-
-    client = getattr(get_scheduler(), "__self__", None)
-    try:
-        from distributed import Client
-    except ImportError:  # pragma: no cover - distributed is a dependency
+def _distributed_client(scheduler):
+    """Return the ``distributed.Client`` whose ``get`` is ``scheduler`` (from ``active_scheduler``), or None."""
+    client = getattr(scheduler, "__self__", None)
+    if client is None:
         return None
+    from distributed import Client
+
     return client if isinstance(client, Client) else None
 
 
@@ -338,20 +337,18 @@ def _run_gathers(plans) -> None:
     scattered (the sample twice in memory at most).
     """
     import dask
-    import dask.local
-    import dask.threaded
-    from dask.base import get_scheduler
 
     jobs = [(values, task) for values, _, tasks in plans for task in tasks]
     if not jobs:
         return
-    if get_scheduler() in (None, dask.threaded.get, dask.local.get_sync):
+    scheduler = active_scheduler()
+    if in_process(scheduler):
         outputs = {}
         writes = []
         for values, (block, local, channels, rows, columns) in jobs:
             output = outputs.setdefault(id(values), _Output(values))
             writes.append(dask.delayed(_gather_into, pure=False)(block, local, channels, output, rows, columns))
-        dask.compute(*writes)
+        dask.compute(*writes, scheduler=scheduler or THREADS)
         return
 
     reads = [
@@ -363,9 +360,9 @@ def _run_gathers(plans) -> None:
         values, (_, _, _, rows, columns) = jobs[i]
         values[rows[:, None], columns[None, :]] = result
 
-    client = _distributed_client()
+    client = _distributed_client(scheduler)
     if client is None:
-        for i, result in enumerate(dask.compute(*reads)):
+        for i, result in enumerate(dask.compute(*reads, scheduler=scheduler)):
             scatter(i, result)
         return
     from distributed import as_completed

@@ -467,16 +467,17 @@ def _compute(collections, persist=False) -> list:
     computation after ``compute`` raised, and ours write into the staging folder; this pool is waited for.
     """
     import dask
-    import dask.threaded
-    from dask.base import get_scheduler
     from dask.system import CPU_COUNT
 
+    from pixelflowsom._schedulers import THREADS, active_scheduler
+
     run = dask.persist if persist else dask.compute
-    if get_scheduler() not in (None, dask.threaded.get):
-        return list(run(*collections))
+    scheduler = active_scheduler()
+    if scheduler not in (None, THREADS):
+        return list(run(*collections, scheduler=scheduler))
     pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
     try:
-        return list(run(*collections, scheduler="threads", pool=pool))
+        return list(run(*collections, scheduler=THREADS, pool=pool))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -538,12 +539,13 @@ def _stage_and_compute(staging: Path, names, elements) -> None:
     """Write every element's metadata into the staging folder, then all their pixels in one dask computation."""
     import dask
     import dask.array as da
+    import dask.local
 
     # The stand-ins' zero chunks are computed synchronously: not worth a round trip to a cluster. Elements are staged
     # by a few threads at once: each mostly waits for about 20 metadata operations of zarr's event loop (the 64
     # elements of 32 FOVs: 1.7 s one by one, 1.0 s on 8 threads; in dask tasks beside the computation, 2.3 s).
     folders = [staging / str(i) for i in range(len(names))]
-    with dask.config.set(scheduler="synchronous"), ThreadPoolExecutor(_METADATA_THREADS) as pool:
+    with dask.config.set(scheduler=dask.local.get_sync), ThreadPoolExecutor(_METADATA_THREADS) as pool:
         arrays = list(pool.map(_stage, folders, names, elements))
     sources, targets = [], []
     for element, element_arrays in zip(elements, arrays, strict=True):
