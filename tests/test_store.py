@@ -167,6 +167,27 @@ def test_scheduler():
 # write_label_stacks: results
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_parsed_layers_are_what_spatialdata_parses(ndim):
+    # The metacluster layer is a copy of the parsed node layer with its own data: identical to parsing it.
+    from spatialdata.models import Labels2DModel, Labels3DModel
+    from spatialdata.transformations import get_transformation
+
+    from pixelflowsom._store import _parse_labels
+
+    images = _images(1, ndim)
+    sdata = sd.SpatialData(images=images)
+    stack = _lazy(_values(1, ndim))[0]
+    nodes, metaclusters = _parse_labels(sdata, ["im0"], [stack], None)
+    model = Labels2DModel if ndim == 2 else Labels3DModel
+    transformations = dict(get_transformation(images["im0"], get_all=True))
+    for layer, element in enumerate((nodes, metaclusters)):
+        expected = model.parse(stack.data[layer], dims=stack.dims[1:], transformations=transformations)
+        xr.testing.assert_identical(element, expected)
+        assert get_transformation(element, get_all=True) == get_transformation(expected, get_all=True)
+    assert metaclusters.attrs["transform"] is not nodes.attrs["transform"]  # not shared
+
+
 @pytest.mark.parametrize(("ndim", "scale_factors"), [(2, None), (2, [2]), (3, None), (3, [2])])
 def test_in_memory(ndim, scale_factors):
     images = _images(2, ndim)
