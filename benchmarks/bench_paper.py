@@ -41,14 +41,13 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _memory import peak_rss_gb  # benchmarks/_memory.py (scripts run from their folder)
+from _children import array_shape, run_child  # benchmarks/_children.py (scripts run from their folder)
+from _memory import peak_rss_gb
 
 STORE = "paper.zarr"
 IMAGE = "image"
@@ -73,13 +72,6 @@ def write_store(folder: Path, size: int, n_channels: int, chunk: int) -> float:
     with dask.config.set(scheduler="threads"):
         sd.SpatialData(images={IMAGE: element}).write(folder / STORE, overwrite=True)
     return time.perf_counter() - t0
-
-
-def _existing_shape(folder: Path):
-    import zarr
-
-    path = folder / STORE / "images" / IMAGE / "s0"
-    return tuple(zarr.open_array(str(path), mode="r").shape) if path.is_dir() else None
 
 
 def read_pass(folder: Path) -> dict:
@@ -153,15 +145,6 @@ def drop_in(folder: Path, fraction: float, n_clusters: int, impl: str) -> dict:
     }
 
 
-def _child(mode: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--dir", str(args.dir)]
-    command += ["--fraction", str(args.fraction), "--n-clusters", str(args.n_clusters)]
-    child = subprocess.run(command, capture_output=True, text=True)
-    if child.returncode != 0:
-        raise RuntimeError(f"the {mode} child failed:\n{child.stderr[-4000:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=10000)
@@ -182,7 +165,11 @@ def main(argv=None):
             result = drop_in(args.dir, args.fraction, args.n_clusters, args.child)
         print(json.dumps(result))
         return
-    reuse = args.dir is not None and _existing_shape(args.dir) == (args.channels, args.size, args.size)
+    reuse = args.dir is not None and array_shape(args.dir / STORE / "images" / IMAGE / "s0") == (
+        args.channels,
+        args.size,
+        args.size,
+    )
     args.dir = args.dir or Path(tempfile.mkdtemp(prefix="pixelflowsom-paper-"))
     args.dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -193,10 +180,13 @@ def main(argv=None):
         else:
             print(f"writing {shape} to {args.dir / STORE} ...", flush=True)
             print(f"  written in {write_store(args.dir, args.size, args.channels, args.chunk):.0f} s", flush=True)
-        runs = {"read pass 1": _child("read", args), "pixelflowsom": _child("pixelflowsom", args)}
-        runs["read pass 2"] = _child("read", args)
+        runs = {
+            "read pass 1": run_child(__file__, "read", args),
+            "pixelflowsom": run_child(__file__, "pixelflowsom", args),
+        }
+        runs["read pass 2"] = run_child(__file__, "read", args)
         if args.harpy:
-            runs["harpy"] = _child("harpy", args)
+            runs["harpy"] = run_child(__file__, "harpy", args)
         floor = (runs["read pass 1"]["seconds"] + runs["read pass 2"]["seconds"]) / 2
         ours = runs["pixelflowsom"]
         print(

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _memory import peak_rss_gb  # benchmarks/_memory.py (scripts run from their folder)
+from _children import array_shape, run_child  # benchmarks/_children.py (scripts run from their folder)
+from _memory import peak_rss_gb
 
 STORE = "image.sdata.zarr"
 IMAGE = "img"
@@ -75,15 +74,6 @@ def write_image(path: Path, size: int, n_channels: int, tile: int, seed: int) ->
     with dask.config.set(scheduler="threads"):
         sd.SpatialData(images={IMAGE: element}).write(path / STORE, overwrite=True)
     return time.perf_counter() - t0
-
-
-def _existing_shape(path: Path) -> tuple[int, ...] | None:
-    import zarr
-
-    array = _image_array(path)
-    if not array.is_dir():
-        return None
-    return tuple(zarr.open_array(str(array), mode="r").shape)
 
 
 def cluster(path: Path, fraction: float, n_clusters: int) -> dict:
@@ -156,18 +146,6 @@ def drop_in(path: Path, fraction: float, n_clusters: int) -> dict:
     }
 
 
-def _run_child(mode: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--dir", str(args.dir)]
-    command += ["--fraction", str(args.fraction), "--n-clusters", str(args.n_clusters)]
-    t0 = time.perf_counter()
-    child = subprocess.run(command, capture_output=True, text=True)
-    if child.returncode != 0:
-        raise RuntimeError(f"the {mode} child failed:\n{child.stderr[-4000:]}")
-    result = json.loads(child.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - t0
-    return result
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192)
@@ -187,7 +165,7 @@ def main(argv=None):
         run = cluster if args.child == "pixelflowsom" else drop_in
         print(json.dumps(run(args.dir, args.fraction, args.n_clusters)))
         return
-    reuse = args.dir is not None and _existing_shape(args.dir) == (args.channels, args.size, args.size)
+    reuse = args.dir is not None and array_shape(_image_array(args.dir)) == (args.channels, args.size, args.size)
     args.dir = args.dir or Path(tempfile.mkdtemp(prefix="pixelflowsom-scale-"))
     args.dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -202,7 +180,7 @@ def main(argv=None):
         results = {}
         for mode in ("pixelflowsom", "drop-in"):
             if args.only in (None, mode):
-                results[mode] = _run_child(mode, args)
+                results[mode] = run_child(__file__, mode, args)
         if "pixelflowsom" in results:
             r = results["pixelflowsom"]
             print(
