@@ -206,14 +206,14 @@ def flowsom(
         # The FlowSOM object is built before the labels are computed, not beside them: a failure then leaves sdata and
         # its store untouched, and beside the label pass it competed with the chunk reads (harpy's 10000^2 workload,
         # benchmarks/bench_paper.py: 32.2 s for both at once, 6.4 s + 17.4 s one after the other).
-        @phase("build the flowsom.FlowSOM object")
-        def build():
+        with phase("build the flowsom.FlowSOM object"):
             nodes, distances = nearest_nodes(sample.values, estimator.codes_, return_distances=True)
+            node_metaclusters = estimator.node_metacluster_[nodes]
             fsom = build_flowsom(
                 sample.values,
                 var_names=[str(c) for c in estimator.channels_],
                 clustering=nodes,
-                metaclustering=estimator.node_metacluster_[nodes],
+                metaclustering=node_metaclusters,
                 distances=distances,
                 codes=estimator.codes_,
                 node_metacluster=estimator.node_metacluster_,
@@ -238,10 +238,8 @@ def flowsom(
             cell_data.var["cols_used"] = cell_data.var["cols_used"].astype(int)
             n_nodes = estimator.codes_.shape[0]
             cell_data.obs["clustering"] = _categorical(nodes, n_nodes)
-            cell_data.obs["metaclustering"] = _categorical(estimator.node_metacluster_[nodes], n_nodes)
-            return fsom
+            cell_data.obs["metaclustering"] = _categorical(node_metaclusters, n_nodes)
 
-        fsom = build()
         with phase("label the images and write the labels"):
             write_label_stacks(
                 sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)), scale_factors=scale_factors
