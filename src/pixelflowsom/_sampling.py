@@ -282,10 +282,10 @@ def _block_groups(flat, shape, chunks):
 
 
 def _plan(image, size, seed, channels, values):
-    """Draw ``size`` pixels of one image; return ``(values, coords, tasks)``.
+    """Draw ``size`` pixels of one image; return ``(coords, tasks)``.
 
     ``values`` is the ``(size, k)`` output (the ``k`` channels at positions ``channels``, all for ``None``), filled
-    already for a numpy-backed image. Otherwise ``tasks`` holds one entry per spatial block with
+    here for a numpy-backed image. Otherwise ``tasks`` holds one entry per spatial block with
     sampled pixels and chunk of the channel axis holding selected channels, ``(block, local, channels, rows,
     columns)``: the chunk's ``Delayed`` (read as stored: the channel axis is not rechunked, so that a task holds one
     stored chunk), the pixels' positions inside it, the selected channels' positions in it, and where their values go
@@ -300,7 +300,7 @@ def _plan(image, size, seed, channels, values):
     if not isinstance(data, da.Array):
         coords = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64, copy=False)
         _gather(data, tuple(coords.T), channels, values, np.arange(len(coords)), np.arange(len(channels)))
-        return values, coords, []
+        return coords, []
 
     coords, order, bounds, blocks, local = _block_groups(flat, shape, data.chunks[1:])
     del flat
@@ -315,7 +315,7 @@ def _plan(image, size, seed, channels, values):
             columns = np.flatnonzero((channels >= c0) & (channels < c1))
             if len(columns):
                 tasks.append((delayed_blocks[(ci, *block)], block_local, channels[columns] - c0, rows, columns))
-    return values, coords, tasks
+    return coords, tasks
 
 
 def _distributed_client(scheduler):
@@ -331,6 +331,8 @@ def _distributed_client(scheduler):
 def _run_gathers(plans) -> None:
     """Read the chunks of every plan's tasks in one dask computation and put their values into the samples.
 
+    ``plans`` holds ``(values, tasks)`` pairs: the tasks of :func:`_plan` and the output they fill.
+
     On an in-process scheduler (dask's threads, or synchronous) every task writes its pixels into the sample itself:
     no result is held beside it. On a ``distributed.Client`` the results are scattered into the sample as they arrive
     (at most the results in flight are held). On other schedulers (processes), all results are returned at once, then
@@ -338,7 +340,7 @@ def _run_gathers(plans) -> None:
     """
     import dask
 
-    jobs = [(values, task) for values, _, tasks in plans for task in tasks]
+    jobs = [(values, task) for values, tasks in plans for task in tasks]
     if not jobs:
         return
     scheduler = active_scheduler()
@@ -489,9 +491,9 @@ def sample_sizes(n_pixels, fraction=None, n_samples=None, *, unit="pixel") -> np
 def _sample_images(images, sizes, seeds, channels):
     """Draw ``sizes[i]`` pixels of every image in its channels at positions ``channels[i]``; read them.
 
-    Returns ``(values, coords, bounds)``: the pooled ``(m, k)`` values (C-contiguous, :func:`sample_dtype` of the
-    images), the ``(m, ndim)`` int64 coordinates and the rows ``bounds[i]:bounds[i + 1]`` of every image. All
-    chunk reads of all images run in one dask computation (:func:`_run_gathers`).
+    Returns ``(values, coords)``: the pooled ``(m, k)`` values (C-contiguous, :func:`sample_dtype` of the images),
+    image after image, and the ``(m, ndim)`` int64 coordinates. All chunk reads of all images run in one dask
+    computation (:func:`_run_gathers`).
     """
     dtype = np.result_type(*(sample_dtype(image.dtype) for image in images))
     k = len(channels[0]) if channels[0] is not None else images[0].shape[0]
@@ -505,11 +507,11 @@ def _sample_images(images, sizes, seeds, channels):
     plans, coords = [], []
     for i, (image, size, seed, positions) in enumerate(zip(images, sizes, seeds, channels, strict=True)):
         view = values[bounds[i] : bounds[i + 1]]
-        image_values, image_coords, tasks = _plan(image, size, seed, positions, view)
-        plans.append((image_values, image_coords, tasks))
+        image_coords, tasks = _plan(image, size, seed, positions, view)
+        plans.append((view, tasks))
         coords.append(image_coords)
     _run_gathers(plans)
-    return values, np.concatenate(coords), bounds
+    return values, np.concatenate(coords)
 
 
 def sample_image(image, fraction: float, seed):
@@ -518,8 +520,7 @@ def sample_image(image, fraction: float, seed):
     Returns ``(values, coords)``: the ``(m, c)`` values (:func:`sample_dtype`) and the ``(m, ndim)`` int64 indices of
     the pixels, in row-major order whatever the chunking.
     """
-    values, coords, _ = _sample_images([image], [sample_size(int(np.prod(image.shape[1:])), fraction)], [seed], [None])
-    return values, coords
+    return _sample_images([image], [sample_size(int(np.prod(image.shape[1:])), fraction)], [seed], [None])
 
 
 def sample_pixels(images, fraction=None, *, n_samples=None, channels=None, random_state=None) -> PixelSample:
@@ -570,7 +571,7 @@ def sample_pixels(images, fraction=None, *, n_samples=None, channels=None, rando
     sizes = sample_sizes([int(np.prod(image.shape[1:])) for image in checked], fraction, n_samples)
     base_seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
     seeds = [np.random.SeedSequence([base_seed, i]) for i in range(len(checked))]
-    values, coords, bounds = _sample_images(checked, sizes, seeds, positions)
+    values, coords = _sample_images(checked, sizes, seeds, positions)
     image_index = np.repeat(np.arange(len(checked), dtype=np.int64), sizes)
     bad = _nonfinite_rows(values)
     if len(bad):
