@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 
 from . import _images
 from ._nearest import check_channel_positions
-from ._schedulers import THREADS, active_scheduler, in_process
+from ._schedulers import THREADS, active_scheduler, distributed_client, in_process
 
 
 def sample_size(n: int, fraction: float) -> int:
@@ -318,16 +318,6 @@ def _plan(image, size, seed, channels, values):
     return coords, tasks
 
 
-def _distributed_client(scheduler):
-    """Return the ``distributed.Client`` whose ``get`` is ``scheduler`` (from ``active_scheduler``), or None."""
-    client = getattr(scheduler, "__self__", None)
-    if client is None:
-        return None
-    from distributed import Client
-
-    return client if isinstance(client, Client) else None
-
-
 def _run_gathers(plans) -> None:
     """Read the chunks of every plan's tasks in one dask computation and put their values into the samples.
 
@@ -362,7 +352,7 @@ def _run_gathers(plans) -> None:
         values, (_, _, _, rows, columns) = jobs[i]
         values[rows[:, None], columns[None, :]] = result
 
-    client = _distributed_client(scheduler)
+    client = distributed_client(scheduler)
     if client is None:
         for i, result in enumerate(dask.compute(*reads, scheduler=scheduler)):
             scatter(i, result)

@@ -36,3 +36,13 @@ def in_process(scheduler) -> bool:
     import dask.local
 
     return scheduler in (None, THREADS, dask.local.get_sync)
+
+
+def distributed_client(scheduler):
+    """Return the ``distributed.Client`` whose ``get`` is ``scheduler`` (from :func:`active_scheduler`), or None."""
+    client = getattr(scheduler, "__self__", None)
+    if client is None:
+        return None
+    from distributed import Client
+
+    return client if isinstance(client, Client) else None
