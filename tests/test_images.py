@@ -115,6 +115,23 @@ def test_output_chunks_parameter(image2d):
     np.testing.assert_array_equal(out.values, image_reference(image, m.codes_, m.node_metacluster_))
 
 
+@pytest.mark.parametrize("strip", [1 << 19, 97])  # one strip per block, or many (and a ragged last one)
+def test_dask_image_labelled_as_stored_then_rechunked(image2d, monkeypatch, strip):
+    from pixelflowsom import _inference
+
+    monkeypatch.setattr(_inference, "_STRIP_PIXELS", strip)
+    image, _ = image2d
+    stored = image.chunk({"c": 2, "y": 30, "x": 70})  # channels in several chunks, blocks unlike the labels'
+    channels = ["marker_05", "marker_00", "marker_03"]
+    m = model(chunks=(40, 50), channels=channels).fit(stored)
+    out = m.transform(stored)
+    assert out.data.chunks == ((2,), (40, 40, 40), (50, 50, 50))
+    np.testing.assert_array_equal(out.values, image_reference(image, m.codes_, m.node_metacluster_, channels))
+    meta = m.predict(stored)
+    assert meta.data.chunks == ((40, 40, 40), (50, 50, 50))
+    np.testing.assert_array_equal(meta.values, image_reference(image, m.codes_, m.node_metacluster_, channels)[1])
+
+
 def test_single_map_blocks_layer_and_one_payload_key(image2d):
     image, _ = image2d
     out = model().fit(image).predict(image.chunk({"y": 40}))
