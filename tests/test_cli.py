@@ -1,6 +1,5 @@
 """The command line, as a new user runs it: demo, cluster, apply, and every error path (exit code 2, one line)."""
 
-import io
 import re
 import subprocess
 import sys
@@ -171,7 +170,7 @@ def test_existing_output_needs_overwrite(store, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["cluster", str(store), "--image", "img0", "--n-clusters", "3"])
     assert exc.value.code == 2
-    assert "'img0_som_clusters' already exists in sdata; pass overwrite=True" in capsys.readouterr().err
+    assert "'img0_som_clusters' already exists in sdata; pass --overwrite to replace it" in capsys.readouterr().err
     assert snapshot(store) == before
     argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "4", "--overwrite", "--quiet"]
     assert main([*argv, "--save-model", str(store.parent / "model.joblib")]) == 0
@@ -201,7 +200,10 @@ def test_apply_errors(store, tmp_path, capsys):
     fewer_channels = write_store(tmp_path / "fewer.zarr", channels=4)
     cases = [
         ([str(store), "--image", "img1", "--model", str(tmp_path / "none.joblib")], "does not exist"),
-        ([str(store), "--image", "img1", "--model", str(not_a_model)], "is not a fitted PixelFlowSOM"),
+        (
+            [str(store), "--image", "img1", "--model", str(not_a_model)],
+            "is not a PixelFlowSOM fitted on images, nor a Pipeline ending in one",
+        ),
         ([str(store), "--image", "nope", "--model", str(model)], "image(s) ['nope'] not found in"),
         ([str(store), "--image", "img0", "--model", str(model)], "'img0_som_clusters' already exists in sdata"),
         ([str(fewer_channels), "--image", "img0", "--model", str(model)], "['marker_04', 'marker_05'] not found"),
@@ -358,7 +360,12 @@ def test_demo_n_samples(tmp_path, capsys):
     assert "SOM on 500 sampled pixels (12.2%)" in capsys.readouterr().out
 
 
-PROGRESS_LINE = re.compile(r"^\[#* *\] +\d+% \| \d+/\d+ tasks \| \d+\.\d s$")
+# A progress line, of a phase or of a computation outside phases (tests/test_progress.py), or the notice of a
+# first run's kernel compilation.
+PROGRESS_LINE = re.compile(
+    r"^(\S.*  \[#* *\] +\d+% \| \d+/\d+ tasks \| \d+\.\d s|\S.* \.\.\. \d+\.\d s"
+    r"|compiling kernels \(first run only; cached for the next runs\))$"
+)
 
 
 @pytest.fixture
@@ -379,73 +386,12 @@ def test_progress_on_stderr_unless_quiet(store, show_every_computation, capsys):
     assert main([*argv, "--overwrite"]) == 0
     out, err = capsys.readouterr()
     lines = err.splitlines()
-    assert len(lines) >= 2  # the training sample, the labels (not a terminal: one plain line per computation)
     assert all(PROGRESS_LINE.match(line) for line in lines), err
-    assert "100% |" in lines[-1]
+    # Not a terminal: one plain line per phase, named after it.
+    named = {line.split("  [")[0].split(" ...")[0] for line in lines}
+    assert {"sample the training pixels", "train the SOM", "label the images and write the labels"} <= named, err
+    assert any(line.startswith("label the images and write the labels  [") and "100% |" in line for line in lines)
     assert "tasks" not in out
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_line_in_place_on_a_terminal(show_every_computation):
-    import dask
-    import dask.array as da
-
-    from pixelflowsom._progress import progress
-
-    stream = _Terminal()
-    with progress(stream=stream):
-        da.ones(10, chunks=2).sum().compute()
-        assert stream.getvalue().endswith("\n")  # the line ends with its computation
-        dask.compute(da.ones(4, chunks=1) + 1, scheduler="synchronous")
-    text = stream.getvalue()
-    assert text.count("\n") == 2  # one line per computation
-    for line in text.split("\n")[:-1]:
-        assert line.startswith("\r[")
-        assert PROGRESS_LINE.match(line.split("\r")[-1].rstrip()), line
-        assert "100% |" in line.split("\r")[-1]
-
-
-def test_progress_plain_lines_only_for_long_computations():
-    """Off a terminal: a computation shorter than MINIMUM_SECONDS prints nothing, nor does a tick of a short one."""
-    from pixelflowsom._progress import MINIMUM_SECONDS, ProgressLine
-
-    stream = io.StringIO()
-    line = ProgressLine(stream)
-    line.begin()
-    line.update(1, 4)
-    line.tick()
-    line.end(complete=True)
-    assert stream.getvalue() == ""
-    line.begin()
-    line._start -= MINIMUM_SECONDS  # as if it had run that long
-    line.update(1, 4)
-    line.tick()
-    assert stream.getvalue() == ""  # no plain line before PLAIN_EVERY_SECONDS
-    line.end(complete=True)
-    assert PROGRESS_LINE.match(stream.getvalue().rstrip("\n"))
-    assert "100% | 4/4 tasks" in stream.getvalue()
-
-
-def test_progress_costs_no_wait_per_computation():
-    """dask's ProgressBar(dt=1.0) waited up to a second at the end of every computation; this display does not."""
-    import time
-
-    import dask.array as da
-
-    from pixelflowsom._progress import progress
-
-    x = da.ones(4, chunks=2).sum()
-    with progress(stream=_Terminal()):
-        x.compute()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(10):
-            x.compute()
-        seconds = time.perf_counter() - t0
-    assert seconds < 1.0, seconds
 
 
 def test_progress_on_a_distributed_cluster(store, tmp_path, show_every_computation, capsys):
@@ -484,3 +430,218 @@ def test_scheduler_address_without_a_scheduler(store, capsys):
     assert err.startswith("pixelflowsom cluster: error: --scheduler 'tcp://127.0.0.1:1': no dask scheduler to connect")
     assert err.count("\n") == 1
     assert snapshot(store) == before
+
+
+# --------------------------------------------------------------------------- raw tissue: preprocessing, guard rails
+
+
+def write_counts_store(path, seeds=(0,), channels=6, size=80, order=None):
+    """A store of images ``img0``, ... holding raw uint16 counts (synthetic intensities x 1000, NaN as 0)."""
+    images = {}
+    for i, seed in enumerate(seeds):
+        image, _ = make_synthetic_image((size, size), n_channels=channels, n_phenotypes=4, seed=seed)
+        counts = np.rint(np.clip(image.values, 0, None) * 1000).astype(np.uint16)
+        names = list(image.c.values)
+        if order is not None:
+            counts, names = counts[order], [names[j] for j in order]
+        images[f"img{i}"] = Image2DModel.parse(
+            counts, dims=("c", "y", "x"), c_coords=names, chunks={"c": channels, "y": 40, "x": 40}
+        )
+    sd.SpatialData(images=images).write(path)
+    return path
+
+
+def preprocessed_reference(store, image, model):
+    """Labels of ``image`` by a saved Pipeline: its preprocessing of image.sel(c=channels), float64 nearest node."""
+    pre, som = model[0], model[-1]
+    selected = sd.read_zarr(store).images[image].sel(c=list(pre.channel_names_))
+    return image_reference(pre.transform(selected).compute(), som.codes_, som.node_metacluster_, som.channels_)
+
+
+def test_cluster_preprocess_carries_the_preprocessing_to_apply(tmp_path, capsys):
+    """The saved model is the fitted Pipeline; apply preprocesses with it and finds its channels by name."""
+    import joblib
+
+    store = write_counts_store(tmp_path / "raw.zarr", seeds=(0, 1))
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--preprocess", "--channels", "marker_04", "marker_01"]
+    argv += ["marker_02", "marker_05", "--sigma", "1", "--n-clusters", "4", "--xdim", "5", "--ydim", "5"]
+    assert main([*argv, "--save-model", str(model_path), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert "Model (with its preprocessing):" in captured.out
+    model = joblib.load(model_path)
+    assert [name for name, _ in model.steps] == ["preprocess", "flowsom"]
+    assert model[0].get_params()["sigma"] == 1.0
+    assert model[0].channel_names_.tolist() == ["marker_04", "marker_01", "marker_02", "marker_05"]
+    sdata = sd.read_zarr(store)
+    expected = preprocessed_reference(store, "img0", model)
+    np.testing.assert_array_equal(sdata.labels["img0_som_clusters"].values, expected[0])
+    np.testing.assert_array_equal(sdata.labels["img0_metaclusters"].values, expected[1])
+    # Another store whose images have the channels in another order (all six of them): labelled as on the selection.
+    other = write_counts_store(tmp_path / "other.zarr", seeds=(2, 3), order=[5, 3, 1, 0, 4, 2])
+    assert main(["apply", str(other), "--image", "img0", "--image", "img1", "--model", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Labelling with the model's channels [marker_04, marker_01, marker_02, marker_05] after the model's" in out
+    labels = sd.read_zarr(other).labels
+    for image in ("img0", "img1"):
+        expected = preprocessed_reference(other, image, model)
+        np.testing.assert_array_equal(labels[f"{image}_som_clusters"].values, expected[0])
+        np.testing.assert_array_equal(labels[f"{image}_metaclusters"].values, expected[1])
+
+
+def test_cluster_writes_the_metacluster_table_with_image_counts(tmp_path, capsys):
+    import pandas as pd
+
+    store = write_store(tmp_path / "sample.zarr", seeds=(0, 1))
+    argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "4", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "sample_pictures" / "metaclusters.csv", index_col=0)
+    labels = sd.read_zarr(store).labels
+    counts = sum(np.bincount(labels[f"img{i}_metaclusters"].values.ravel(), minlength=5) for i in (0, 1))
+    assert table.index.tolist() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(table["pixels"].to_numpy(), counts[1:])
+    np.testing.assert_allclose(table["fraction"].to_numpy(), counts[1:] / counts[1:].sum(), rtol=1e-3)  # 4 digits
+    assert [c for c in table.columns if c.startswith("marker_")] == [f"marker_{i:02d}" for i in range(6)]
+    # The six NaN pixels of each image are counted as unlabelled.
+    assert counts[0] == 12
+    assert "Unlabelled pixels (label 0: a NaN channel, in the image or after preprocessing): 12 " in out
+
+
+def test_raw_counts_warn_once_on_one_line(tmp_path, capsys):
+    store = write_counts_store(tmp_path / "raw.zarr")
+    assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pixelflowsom cluster: warning: image(s) ['img0'] hold raw integer counts (99th percentile ")
+    assert "add --preprocess" in err
+    assert err.count("\n") == 1
+
+
+def test_tiny_fraction_warns_in_command_line_words(tmp_path, capsys):
+    store = write_store(tmp_path / "sample.zarr")
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--fraction", "0.002", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pixelflowsom cluster: warning: --fraction 0.002 gives 12 training pixels for a 10x10 SOM")
+    assert "Raise --fraction, pass --n-samples N" in err
+    assert "UserWarning" not in err
+    assert err.count("\n") == 1
+
+
+def test_apply_refuses_raw_counts_for_a_model_of_preprocessed_pixels_unless_forced(tmp_path, capsys):
+    import joblib
+
+    store = write_counts_store(tmp_path / "raw.zarr")
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--preprocess", "--n-clusters", "3", "--quiet"]
+    assert main([*argv, "--save-model", str(model_path)]) == 0
+    joblib.dump(joblib.load(model_path)[-1], tmp_path / "som_only.joblib")  # the model without its preprocessing
+    capsys.readouterr()
+    before = snapshot(store)
+    argv = ["apply", str(store), "--image", "img0", "--model", str(tmp_path / "som_only.joblib"), "--overwrite"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "the images' pixels are far from the training pixels (99th percentiles differ by more than 10x" in err
+    assert "This model carries no preprocessing" in err
+    assert "pass --force" in err
+    assert err.count("\n") == 1
+    assert snapshot(store) == before
+    assert main([*argv, "--force", "--quiet"]) == 0
+    som = joblib.load(tmp_path / "som_only.joblib")
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", som)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n-clusters", "-3"], "The 'n_clusters' parameter of PixelFlowSOM must be an int in the range"),
+        (["--channels", "marker_01", "Marker-02"], "Channel(s) ['Marker-02'] not found in image 'img0' (did you mean "),
+        (
+            ["--preprocess", "--channels", "marker01"],
+            "['marker01'] not found in image 'img0' (did you mean 'marker_01'?",
+        ),
+        (["--preprocess", "--p", "120"], "The 'q' parameter of PixelPreprocessor must be"),
+    ],
+)
+def test_argument_errors_come_before_the_existing_output_error(store, extra, message, capsys):
+    assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    before = snapshot(store)
+    with pytest.raises(SystemExit) as exc:
+        main(["cluster", str(store), "--image", "img0", *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "np.str_" not in err
+    assert "already exists" not in err
+    assert snapshot(store) == before
+
+
+def test_apply_names_the_model_channels(store, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--save-model", str(model)]) == 0
+    fewer = write_store(tmp_path / "fewer.zarr", channels=4)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["apply", str(fewer), "--image", "img0", "--model", str(model)])
+    err = capsys.readouterr().err
+    assert "This model was fitted on channels ['marker_00', 'marker_01', " in err
+    assert "pass channels" not in err.lower()
+
+
+def test_import_npz_and_ome_tiff_then_cluster(tmp_path, capsys):
+    """import writes files as image elements with their channel names; cluster finds the channels by name."""
+    import joblib
+    import tifffile
+
+    image, _ = make_synthetic_image((64, 64), n_channels=5, n_phenotypes=3, seed=0)
+    counts = np.rint(np.clip(image.values, 0, None) * 1000).astype(np.uint16)
+    names = [str(c) for c in image.c.values]
+    np.savez(tmp_path / "fov1.npz", channels=np.array(names), img0=counts)
+    store = tmp_path / "cohort.zarr"
+    tifffile.imwrite(tmp_path / "plain.tif", counts)
+    with pytest.raises(SystemExit) as exc:  # names for 2 of its 5 channels: refused, nothing written
+        main(["import", str(tmp_path / "plain.tif"), "--out", str(store), "--channel-names", "a", "b"])
+    assert exc.value.code == 2
+    assert not store.exists()
+    # The same tissue, channels in reverse order, named in its OME metadata.
+    metadata = {"axes": "CYX", "Channel": {"Name": names[::-1]}}
+    tifffile.imwrite(tmp_path / "fov2.ome.tif", counts[::-1], ome=True, metadata=metadata)
+    capsys.readouterr()
+    argv = ["import", str(tmp_path / "fov1.npz"), str(tmp_path / "fov2.ome.tif"), "--out", str(store)]
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"Imported 2 image(s) into {store}" in out
+    assert "fov1: 5 channels, 64 x 64 pixels, uint16: [marker_00, marker_01, " in out
+    sdata = sd.read_zarr(store)
+    np.testing.assert_array_equal(sdata.images["fov1"].values, counts)
+    np.testing.assert_array_equal(sdata.images["fov2"].values, counts[::-1])
+    assert sdata.images["fov2"].c.values.tolist() == names[::-1]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "exists; choose another store path or pass --overwrite to replace it" in capsys.readouterr().err
+    argv = ["cluster", str(store), "--image", "fov1", "--image", "fov2", "--preprocess", "--n-clusters", "3"]
+    assert main([*argv, "--save-model", str(tmp_path / "model.joblib"), "--quiet"]) == 0
+    model = joblib.load(tmp_path / "model.joblib")
+    labels = sd.read_zarr(store).labels
+    for fov in ("fov1", "fov2"):
+        expected = preprocessed_reference(store, fov, model)
+        np.testing.assert_array_equal(labels[f"{fov}_metaclusters"].values, expected[1])
+    # Both FOVs hold the same pixels: their labels are the same.
+    np.testing.assert_array_equal(labels["fov1_metaclusters"].values, labels["fov2_metaclusters"].values)
+
+
+def test_heatmap_scale_option_reaches_the_heatmap(store, monkeypatch):
+    from pixelflowsom import pl
+
+    seen = []
+    draw = pl.phenotype_heatmap
+    monkeypatch.setattr(pl, "phenotype_heatmap", lambda *a, **k: seen.append(k["scale"]) or draw(*a, **k))
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite", "--heatmap-scale", "zscore"]) == 0
+    assert seen == ["minmax", "zscore"]

@@ -5,7 +5,14 @@ import importlib
 
 import pytest
 
-MODULES = ["pixelflowsom._estimator", "pixelflowsom._metacluster", "pixelflowsom._preprocessing", "pixelflowsom.pl"]
+MODULES = [
+    "pixelflowsom._estimator",
+    "pixelflowsom._importing",
+    "pixelflowsom._metacluster",
+    "pixelflowsom._preprocessing",
+    "pixelflowsom._tables",
+    "pixelflowsom.pl",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

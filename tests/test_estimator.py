@@ -318,3 +318,40 @@ def test_auto_n_clusters(blobs):
     assert consensus.n_clusters_ == 4
     assert consensus.n_clusters_choice_.method == "delta_area"
     np.testing.assert_array_equal(consensus.n_clusters_choice_.labels, consensus.node_metacluster_)
+
+
+# --------------------------------------------------------------------------- check_input, channel_percentiles_
+
+
+def _poisoned_image():
+    import xarray as xr
+
+    def explode(block):
+        raise AssertionError("check_input read a pixel")
+
+    data = da.zeros((3, 16, 16), chunks=(3, 8, 8), dtype=np.float32).map_blocks(explode, dtype=np.float32)
+    return xr.DataArray(data, dims=("c", "y", "x"), coords={"c": ["CD3", "CD20", "PanKeratin"]}, name="tissue")
+
+
+def test_check_input_reads_no_pixel_and_names_the_channels():
+    image = _poisoned_image()
+    assert PixelFlowSOM().check_input(image) == ["CD3", "CD20", "PanKeratin"]
+    assert PixelFlowSOM(channels=["PanKeratin", "CD3"]).check_input(image) == ["PanKeratin", "CD3"]
+    assert PixelFlowSOM(channels=np.array(["CD3"])).check_input() == ["CD3"]
+    with pytest.raises(KeyError, match=r"\['Pankeratin'\] not found in image 'tissue' \(did you mean 'PanKeratin'\?\)"):
+        PixelFlowSOM(channels=["Pankeratin"]).check_input(image)
+    with pytest.raises(ValueError, match="'n_clusters' parameter"):
+        PixelFlowSOM(n_clusters=-3).check_input(image)
+    with pytest.raises(TypeError, match="check_input takes an image"):
+        PixelFlowSOM().check_input(np.ones((4, 3)))
+
+
+def test_channel_percentiles_are_those_of_the_training_pixels():
+    from pixelflowsom._synthetic import make_synthetic_image
+
+    image, _ = make_synthetic_image((64, 64), n_channels=4, n_phenotypes=3, seed=0)
+    model = PixelFlowSOM(xdim=3, ydim=3, n_clusters=2, fraction=0.5, random_state=0)
+    sample = model.training_sample(image)
+    model.fit(sample)
+    expected = np.percentile(np.asarray(sample.values, dtype=np.float64), [1, 50, 99], axis=0)
+    np.testing.assert_array_equal(model.channel_percentiles_, expected)

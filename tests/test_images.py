@@ -319,7 +319,11 @@ def test_pipeline_with_images(image2d):
         (lambda im: im.astype(str), TypeError, "dtype <U.*expected a numeric image"),
         (lambda im: [im, im.expand_dims(z=2, axis=1)], ValueError, "All images must have the same dims"),
         (lambda im: [im, im.drop_sel(c="marker_01")], KeyError, r"\['marker_01'\] not found in image at position 1"),
-        (lambda im: im.rename("tissue").drop_sel(c="marker_01"), KeyError, "not found in image 'tissue'; available"),
+        (
+            lambda im: im.rename("tissue").drop_sel(c="marker_01"),
+            KeyError,
+            r"not found in image 'tissue' \(did you mean 'marker_0.'\?\); available",
+        ),
         (lambda im: im.rename("allnan") * np.nan, ValueError, "All 4500 sampled pixels of image 'allnan' have a NaN"),
         (lambda im: im[:, :1, :3], ValueError, "fraction=0.25 of the 3 pixels samples no pixel"),
     ],

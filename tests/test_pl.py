@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import colorcet
 import dask.array as da
 import matplotlib.pyplot as plt
 import numpy as np
@@ -78,6 +79,25 @@ def zscore_reference(X, ids, reduce=np.median):
     unique = np.unique(ids[ids > 0])
     values = np.array([reduce(X[ids == k], axis=0) for k in unique])
     return ((values - values.mean(axis=0)) / values.std(axis=0)).T, values.T, unique
+
+
+def minmax_reference(X, ids, reduce=np.median):
+    """channels x metaclusters: per metacluster statistic, scaled per channel to [0, 1] (no constant channel)."""
+    unique = np.unique(ids[ids > 0])
+    values = np.array([reduce(X[ids == k], axis=0) for k in unique]).T
+    low, high = values.min(axis=1, keepdims=True), values.max(axis=1, keepdims=True)
+    return (values - low) / (high - low), unique
+
+
+def srgb_to_cielab(rgb):
+    """CIELAB (D65 white) of sRGB colours in [0, 1], shape (n, 3): the textbook formulas."""
+    rgb = np.asarray(rgb, dtype=float)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ m.T / np.array([0.95047, 1.00000, 1.08883])
+    eps, kappa = 216 / 24389, 24389 / 27
+    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16) / 116)
+    return np.column_stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])])
 
 
 # ------------------------------------------------------------------------------------------ metacluster_image
@@ -203,7 +223,26 @@ def test_many_metaclusters_get_distinct_colours_and_a_multicolumn_legend():
     assert len({tuple(np.round(c, 6)) for c in colors}) == 200
     # The colour of metacluster k does not depend on how many there are.
     np.testing.assert_array_equal(pl._metacluster_colors(np.arange(1, 30)), colors[1:30])
-    np.testing.assert_array_equal(pl._metacluster_colors([1, 2, 3])[:, :3], plt.get_cmap("tab10").colors[:3])
+    np.testing.assert_allclose(pl._metacluster_colors([1, 2, 3])[:, :3], colorcet.glasbey_bw_minc_20[:3])
+
+
+def test_palette_first_40_colours_are_distinct_and_far_from_black_white_and_grey():
+    colours = pl._palette(40)
+    assert colours.shape == (40, 3)
+    lab = srgb_to_cielab(colours)
+    distance = np.sqrt(((lab[:, None, :] - lab[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(distance, np.inf)
+    assert distance.min() > 18  # CIELAB Delta E 1976; ~2.3 is a just noticeable difference
+    black, white = srgb_to_cielab([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert np.sqrt(((lab - black) ** 2).sum(axis=1)).min() > 25  # the background
+    assert np.sqrt(((lab - white) ** 2).sum(axis=1)).min() > 25  # the figure
+    assert np.hypot(lab[:, 1], lab[:, 2]).min() > 10  # no greys (chroma)
+    # One fixed sequence: metacluster k keeps its colour whatever n; the 256 glasbey colours then repeat.
+    np.testing.assert_array_equal(pl._palette(7), colours[:7])
+    np.testing.assert_array_equal(pl._palette(300)[:40], colours)
+    np.testing.assert_array_equal(pl._palette(300)[256:], pl._palette(44))
+    assert len({tuple(c) for c in pl._palette(256)}) == 256
+    assert not pl._palette(5).flags.writeable  # the cached array cannot be changed by a caller
 
 
 def test_drawing_on_given_axes(fitted):
@@ -229,20 +268,96 @@ def test_heatmap_equals_numpy_reference(fitted, tmp_path):
     check_png(tmp_path / "heatmap.png")
     ax = fig.axes[0]
     heat = ax.images[0]
-    z, raw, unique = zscore_reference(X, ids)
-    np.testing.assert_allclose(np.asarray(heat.get_array()), z, atol=1e-12)
-    assert heat.norm.vmin == -heat.norm.vmax  # diverging, centred at 0
+    scaled, unique = minmax_reference(X, ids)
+    np.testing.assert_allclose(np.asarray(heat.get_array()), scaled, atol=1e-12)
+    assert (heat.norm.vmin, heat.norm.vmax) == (0.0, 1.0)
+    assert heat.cmap.name.startswith("viridis")  # sequential
+    assert fig.axes[1].get_ylabel() == "median intensity, scaled per channel to [0, 1]"
     assert [t.get_text() for t in ax.get_yticklabels()] == channels
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in unique]
     counts = np.bincount(ids)[1:]
     top = ax.child_axes[0]
     assert [t.get_text() for t in top.get_xticklabels()] == [f"{c:,}" for c in counts]
+    assert top.get_xlabel() == "pixels in the sample"
     assert len(fig.axes) == 2  # the heatmap and its colorbar
 
-    heat = pl.phenotype_heatmap(X, ids, channels, zscore=False).axes[0].images[0]
+    z, raw, _ = zscore_reference(X, ids)
+    fig = pl.phenotype_heatmap(X, ids, channels, scale="zscore")
+    heat = fig.axes[0].images[0]
+    np.testing.assert_allclose(np.asarray(heat.get_array()), z, atol=1e-12)
+    assert heat.norm.vmin == -heat.norm.vmax  # diverging, centred at 0
+    assert fig.axes[1].get_ylabel() == "median intensity, z-scored per channel"
+    heat = pl.phenotype_heatmap(X, ids, channels, scale=None).axes[0].images[0]
     np.testing.assert_allclose(np.asarray(heat.get_array()), raw)
     heat = pl.phenotype_heatmap(X, ids, channels, agg="mean").axes[0].images[0]
+    np.testing.assert_allclose(np.asarray(heat.get_array()), minmax_reference(X, ids, np.mean)[0], atol=1e-12)
+    heat = pl.phenotype_heatmap(X, ids, channels, agg="mean", scale="zscore").axes[0].images[0]
     np.testing.assert_allclose(np.asarray(heat.get_array()), zscore_reference(X, ids, np.mean)[0], atol=1e-12)
+
+
+def test_heatmap_minmax_rows_span_exactly_zero_to_one():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 8, size=2000)
+    X = rng.lognormal(size=(2000, 6)) * rng.uniform(0.1, 50, size=6) + ids[:, None] * rng.normal(size=6)
+    data = np.asarray(pl.phenotype_heatmap(X, ids).axes[0].images[0].get_array())
+    scaled, unique = minmax_reference(X, ids)
+    assert data.shape == (6, 7)
+    np.testing.assert_allclose(data, scaled, atol=1e-12)
+    assert np.all(data.min(axis=1) == 0.0)
+    assert np.all(data.max(axis=1) == 1.0)
+    # A constant channel (every metacluster has the same median) is 0, and a NaN median stays missing.
+    X[:, 0] = 2.0
+    X[ids == 5, 1] = np.nan
+    data = np.ma.filled(pl.phenotype_heatmap(X, ids).axes[0].images[0].get_array(), np.nan)
+    assert np.all(data[0] == 0.0)
+    assert np.isnan(data[1, 4])
+    assert np.nanmin(data[1]) == 0.0
+    assert np.nanmax(data[1]) == 1.0
+
+
+def test_heatmap_counts_on_the_top_axis():
+    X = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 4.0], [0.0, 2.0], [5.0, 5.0]])
+    sample_ids = np.array([1, 1, 2, 2, 4])
+    counts = np.array([7, 1200, 35, 10, 4])  # image pixels of 1..4 (index 0: background); 3 is not in the sample
+    fig = pl.phenotype_heatmap(X, sample_ids, ["CD3", "CD20"], counts=counts)
+    ax = fig.axes[0]
+    top = ax.child_axes[0]
+    assert [t.get_text() for t in top.get_xticklabels()] == ["1,200", "35", "10", "4"]
+    assert top.get_xlabel() == "pixels in the image(s)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3", "4"]
+    data = np.ma.filled(ax.images[0].get_array(), np.nan)
+    # Metacluster 3 has image pixels but no sampled one: a missing (grey) column.
+    np.testing.assert_allclose(data, [[0.4, 0.0, np.nan, 1.0], [0.0, 0.6, np.nan, 1.0]])
+    # 0-based sample ids: counts stay indexed by the 1-based ids of the label image.
+    fig = pl.phenotype_heatmap(X, sample_ids - 1, ["CD3", "CD20"], counts=counts, one_based=False)
+    assert [t.get_text() for t in fig.axes[0].child_axes[0].get_xticklabels()] == ["1,200", "35", "10", "4"]
+    # A shorter bincount (the image had no pixel of metacluster 4) counts 0 for the ids past its end.
+    fig = pl.phenotype_heatmap(X, sample_ids, counts=counts[:3])
+    assert [t.get_text() for t in fig.axes[0].child_axes[0].get_xticklabels()] == ["1,200", "35", "0"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4"]
+    # Counts of a label image, as the docstring says.
+    labels = np.array([[0, 1, 1], [2, 2, 4]])
+    fig = pl.phenotype_heatmap(X, sample_ids, counts=np.bincount(labels.ravel()))
+    assert [t.get_text() for t in fig.axes[0].child_axes[0].get_xticklabels()] == ["2", "2", "1"]
+
+
+def test_names_label_the_metaclusters(fitted):
+    model, _, labels = fitted
+    names = {1: "tumour", np.int64(3): "stroma", 9: "unused"}
+    X = np.arange(12, dtype=float).reshape(6, 2)
+    ax = pl.phenotype_heatmap(X, [1, 1, 2, 2, 3, 3], names=names).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 tumour", "2", "3 stroma"]
+    assert legend_texts(pl.metacluster_image(labels, names=names)) == [
+        "background",
+        "metacluster 1 tumour",
+        "metacluster 2",
+        "metacluster 3 stroma",
+    ]
+    assert legend_texts(pl.som_grid(model, names=names)) == [
+        "metacluster 1 tumour",
+        "metacluster 2",
+        "metacluster 3 stroma",
+    ]
 
 
 def test_heatmap_zero_based_background_nan_and_dataframe():
@@ -250,7 +365,7 @@ def test_heatmap_zero_based_background_nan_and_dataframe():
 
     X = np.array([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [0.0, 4.0, 5.0], [0.0, 2.0, 5.0], [9.0, 9.0, 9.0], [np.nan, 1, 5]])
     one_based = np.array([1, 1, 2, 2, 0, 2])  # row 4 is background, row 5 has a NaN
-    expected = [[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]]  # a constant channel z-scores to 0
+    expected = [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]  # medians [2, 0, 5], [0, 2, 5]; a constant channel is 0
     frame = pd.DataFrame(X, columns=["CD3", "CD20", "DNA"])
     for fig in (
         pl.phenotype_heatmap(frame, one_based),
@@ -263,6 +378,8 @@ def test_heatmap_zero_based_background_nan_and_dataframe():
         assert [t.get_text() for t in ax.get_yticklabels()] == ["CD3", "CD20", "DNA"]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
         assert [t.get_text() for t in ax.child_axes[0].get_xticklabels()] == ["2", "3"]
+        z = pl.phenotype_heatmap(frame, one_based, scale="zscore").axes[0].images[0].get_array()
+        np.testing.assert_allclose(np.asarray(z), [[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])  # constant: 0 too
 
 
 def test_heatmap_tick_colours_are_the_metacluster_colours():
@@ -278,13 +395,20 @@ def test_heatmap_from_fsom(fsom):
     ids = np.asarray(cells.obs["metaclustering"]).astype(int) + 1
     fig = pl.phenotype_heatmap_from_fsom(fsom)
     ax = fig.axes[0]
-    z, _, unique = zscore_reference(X, ids)
-    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), z, atol=1e-12)
+    scaled, unique = minmax_reference(X, ids)
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), scaled, atol=1e-12)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["CD3", "CD20", "panCK", "Ki67"]
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in unique]
+    assert [t.get_text() for t in ax.child_axes[0].get_xticklabels()] == [str(c) for c in np.bincount(ids)[1:]]
     assert list(unique) == [1, 2, 3]
     ax = pl.phenotype_heatmap_from_fsom(fsom, channels=["Ki67", "CD3"]).axes[0]
-    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), z[[3, 0]], atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), scaled[[3, 0]], atol=1e-12)
+    z, _, _ = zscore_reference(X, ids)
+    ax = pl.phenotype_heatmap_from_fsom(fsom, scale="zscore").axes[0]
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), z, atol=1e-12)
+    ax = pl.phenotype_heatmap_from_fsom(fsom, counts=[0, 10, 20, 30], names={2: "B cell"}).axes[0]
+    assert [t.get_text() for t in ax.child_axes[0].get_xticklabels()] == ["10", "20", "30"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2 B cell", "3"]
     with pytest.raises(ValueError, match="not found"):
         pl.phenotype_heatmap_from_fsom(fsom, channels=["CD8"])
 
@@ -368,6 +492,14 @@ ERRORS = [
     (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, -2]), ValueError, "non-negative"),
     (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [0, 0, 0, 0]), ValueError, "one_based=False"),
     (lambda: pl.phenotype_heatmap(np.full((2, 2), "a"), [1, 1]), TypeError, "numeric"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], scale="zscores"), ValueError, "scale='zscores'"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], scale=True), ValueError, "'minmax', 'zscore' or None"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], counts=[0, -1, 2]), ValueError, "found -1"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], counts=[[1, 2]]), ValueError, "np.bincount"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], counts=[0, 1.5]), TypeError, "non-integer"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], names=["a", "b"]), TypeError, "mapping"),
+    (lambda: pl.phenotype_heatmap(np.ones((4, 2)), [1, 1, 2, 2], names={"a": "b"}), TypeError, "integer"),
+    (lambda: pl.metacluster_image(_labels(), names={1.5: "b"}), TypeError, "integer metacluster ids"),
     (lambda: pl.phenotype_heatmap_from_fsom(np.ones((4, 2))), TypeError, "flowsom.FlowSOM"),
     (lambda: pl.som_grid(PixelFlowSOM()), NotFittedError, "not fitted"),
     (lambda: pl.som_grid("model"), TypeError, "fitted PixelFlowSOM or a flowsom.FlowSOM"),

@@ -7,16 +7,21 @@ The public surface:
 * :func:`choose_n_clusters` and :class:`NClustersChoice`, the number of metaclusters chosen from the SOM codes;
 * :class:`PixelPreprocessor`, ``harpy.im.pixel_clustering_preprocess`` as a lazy scikit-learn transformer;
 * :func:`sample_pixels` and :class:`PixelSample`, the training sample of images, which ``fit`` also accepts;
+* :func:`read_image` and :func:`import_images`, image files (TIFF, OME-TIFF, ``.npz``, ``.npy``) into a SpatialData
+  store;
+* :func:`metacluster_table`, the pixels and median channel intensities of every metacluster;
 * :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom version is loaded;
 * :mod:`pixelflowsom.pl`, pictures of the results (imported on first use: it needs matplotlib);
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
 """
 
 from ._estimator import PixelFlowSOM
+from ._importing import import_images, read_image
 from ._metacluster import ConsensusClustering, NClustersChoice, choose_n_clusters
 from ._persistence import InconsistentVersionWarning, package_version
 from ._preprocessing import PixelPreprocessor
 from ._sampling import PixelSample, sample_pixels
+from ._tables import metacluster_table
 
 __version__ = package_version()
 
@@ -29,7 +34,10 @@ __all__ = [
     "PixelSample",
     "__version__",
     "choose_n_clusters",
+    "import_images",
+    "metacluster_table",
     "pl",
+    "read_image",
     "sample_pixels",
 ]
 

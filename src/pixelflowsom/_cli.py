@@ -1,4 +1,4 @@
-"""The ``pixelflowsom`` command line: ``demo``, ``cluster`` and ``apply``."""
+"""The ``pixelflowsom`` command line: ``demo``, ``import``, ``cluster`` and ``apply``."""
 
 from __future__ import annotations
 
@@ -135,17 +135,19 @@ def _spatial_chunks(text, ndim):
     return chunks[1:]  # the channel axis is always one chunk
 
 
-def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
+def _label_and_write(args, sdata, store, images, arrays, model) -> tuple[list[str], list[str]]:
     """Label ``arrays`` with the fitted ``model``, write both labels elements of every image into the store.
 
-    Returns the names of the metacluster labels elements.
+    Returns the names of the SOM-node and of the metacluster labels elements.
     """
+    from ._log import phase
     from ._store import write_label_stacks
 
     clusters, metaclusters = _outputs(args, images)
     stacks = model.transform(arrays)  # checks every image's channels before anything is computed
     t0 = time.perf_counter()
-    write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
+    with phase("label the images and write the labels"):
+        write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
     _say(
         f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:",
         *(
@@ -153,7 +155,20 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> list[str]:
             for image, c, m in zip(images, clusters, metaclusters, strict=True)
         ),
     )
-    return metaclusters
+    return clusters, metaclusters
+
+
+def _label_counts(sdata, names, n_ids):
+    """Pixels of every id ``0..n_ids`` summed over the labels elements ``names`` (one dask computation)."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from ._log import phase
+
+    with phase("count the labelled pixels"):
+        counts = dask.compute(*(da.bincount(sdata.labels[name].data.ravel(), minlength=n_ids + 1) for name in names))
+    return np.sum([c[: n_ids + 1] for c in counts], axis=0)
 
 
 def _outputs(args, images) -> tuple[list[str], list[str]]:
@@ -166,71 +181,180 @@ def _outputs(args, images) -> tuple[list[str], list[str]]:
 def _check_outputs(args, sdata, images):
     from ._store import check_output_names
 
-    check_output_names(sdata, images, *_outputs(args, images), args.overwrite)
+    check_output_names(sdata, images, *_outputs(args, images), args.overwrite, overwrite_hint="pass --overwrite")
 
 
-def _save_pictures(folder: Path, sdata, metacluster_names, model, sample=None) -> list[Path]:
-    """Save the metacluster images and, with the training sample, its phenotype heatmap and the SOM grid."""
+def _summarize(sdata, labels, model) -> dict:
+    """Print how many pixels every metacluster got (and how many none); return the counts of nodes and metaclusters."""
+    import numpy as np
+
+    som = _flowsom(model)
+    clusters, metaclusters = labels
+    nodes = _label_counts(sdata, clusters, som.codes_.shape[0])
+    metas = _label_counts(sdata, metaclusters, som.n_clusters_)
+    total = int(metas.sum())
+    _say(
+        "Pixels per metacluster: "
+        + ", ".join(f"{k}: {n} ({n / total:.1%})" for k, n in enumerate(metas[1:].tolist(), start=1)),
+        f"Unlabelled pixels (label 0: a NaN channel, in the image or after preprocessing): {int(metas[0])} "
+        f"({metas[0] / total:.1%}).",
+    )
+    return {"nodes": nodes, "metaclusters": np.asarray(metas)}
+
+
+def _save_pictures(folder: Path, sdata, metacluster_names, model, counts, sample=None, scale="minmax") -> list[Path]:
+    """Save the metacluster images, the SOM grid and, with the training sample, the heatmap and ``metaclusters.csv``.
+
+    ``counts`` are the image pixels per SOM node and per metacluster (see :func:`_summarize`); ``scale`` is the
+    heatmap's (``--heatmap-scale``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    from . import pl
+    from . import metacluster_table, pl
 
+    som = _flowsom(model)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in metacluster_names:
         path = folder / f"{name}.png"
         plt.close(pl.metacluster_image(sdata.labels[name], title=name, save=path))
         written.append(path)
-    sizes = None
     if sample is not None:
-        nodes, metas = model.transform(sample).T
-        sizes = np.bincount(nodes, minlength=model.codes_.shape[0])
+        metas = som.predict(sample)
+        channels = [str(c) for c in som.channels_]
+        path = folder / "metaclusters.csv"
+        table = metacluster_table(sample.values, metas, channels, counts=counts["metaclusters"], one_based=False)
+        table.to_csv(path, float_format="%.4g")
+        written.append(path)
         path = folder / "phenotype_heatmap.png"
-        channels = [str(c) for c in model.channels_]
-        plt.close(pl.phenotype_heatmap(sample.values, metas, channels, one_based=False, save=path))
+        heatmap = pl.phenotype_heatmap(
+            sample.values, metas, channels, one_based=False, counts=counts["metaclusters"], scale=scale, save=path
+        )
+        plt.close(heatmap)
         written.append(path)
     path = folder / "som_grid.png"
-    plt.close(pl.som_grid(model, sizes=sizes, save=path))
+    plt.close(pl.som_grid(som, sizes=counts["nodes"][1:], save=path))
     written.append(path)
-    if getattr(model, "n_clusters_choice_", None) is not None:
+    if getattr(som, "n_clusters_choice_", None) is not None:
         path = folder / "n_clusters.png"
-        plt.close(pl.n_clusters_criterion(model.n_clusters_choice_, save=path))
+        plt.close(pl.n_clusters_criterion(som.n_clusters_choice_, save=path))
         written.append(path)
     return written
+
+
+def _flowsom(model):
+    """Return the PixelFlowSOM of a model: itself, or the last step of a Pipeline."""
+    return model[-1] if hasattr(model, "steps") else model
+
+
+def _warn(args, text: str) -> None:
+    """One line on stderr: ``pixelflowsom COMMAND: warning: text``."""
+    from ._progress import settle
+
+    settle()
+    print(f"pixelflowsom {args.command}: warning: {' '.join(text.split())}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- commands
 
 
-def _train(args, sdata, store, images):
-    """Fit a PixelFlowSOM on the images of the store as ``cluster`` asks; returns the model, sample and arrays.
+#: ``cluster`` warns when the training sample has fewer pixels than this per SOM node.
+MIN_PIXELS_PER_NODE = 5
+#: ``cluster`` (without ``--preprocess``) warns when an integer image's 99th percentile in a channel exceeds this:
+#: preprocessed pixels lie in about [0, 1].
+RAW_COUNTS_ABOVE = 10.0
 
-    Runs on the current dask scheduler (see :func:`_computing`).
+
+def _train(args, sdata, store, images):
+    """Fit the model ``cluster`` asks for on the images of the store; returns the model, sample and arrays.
+
+    The model is a PixelFlowSOM, or with ``--preprocess`` a ``Pipeline(PixelPreprocessor, PixelFlowSOM)``. Every
+    argument and input is checked before the outputs are, and the outputs before any pixel is read. Runs on the
+    current dask scheduler (see :func:`_computing`).
     """
-    from . import PixelFlowSOM
+    import warnings
+
+    from sklearn.pipeline import Pipeline
+
+    from . import PixelFlowSOM, PixelPreprocessor
+    from ._log import phase
 
     arrays = _image_elements(sdata, images, store)
-    _check_outputs(args, sdata, images)
-    model = PixelFlowSOM(
+    channels = _parse_channels(args.channels)
+    som = PixelFlowSOM(
         n_clusters=args.n_clusters,
         max_clusters=args.max_clusters,
         fraction=args.fraction,
         n_samples=args.n_samples,
-        channels=_parse_channels(args.channels),
+        channels=None if args.preprocess else channels,
         chunks=_spatial_chunks(args.chunks, arrays[0].ndim),
         random_state=args.seed,
     )
     # Options not given keep the estimator's defaults (they live there only).
-    model.set_params(
-        **{name: getattr(args, name) for name in ("xdim", "ydim", "som") if getattr(args, name) is not None}
-    )
-    sample = model.training_sample(arrays)  # checks parameters, images and channels before reading a pixel
-    model.fit(sample)
+    som.set_params(**{name: getattr(args, name) for name in ("xdim", "ydim", "som") if getattr(args, name) is not None})
+    pre = None
+    if args.preprocess:
+        pre = PixelPreprocessor(channels=channels, **_preprocess_params(args))
+        pre.check_input(arrays)
+        som.check_input()
+    else:
+        som.check_input(arrays)
+    _check_outputs(args, sdata, images)
+    inputs = arrays
+    if pre is not None:
+        with phase("preprocess: channel percentiles"):
+            pre.fit(arrays)
+        inputs = pre.transform(arrays)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Only .* rows were sampled", category=UserWarning)
+        sample = som.training_sample(inputs)
+        _check_sample(args, som, sample, arrays, preprocessed=pre is not None)
+        som.fit(sample)
+    model = som if pre is None else Pipeline([("preprocess", pre), ("flowsom", som)])
     return model, sample, arrays
+
+
+def _preprocess_params(args) -> dict:
+    """Return PixelPreprocessor's parameters from ``--p``, ``--p-sum``, ... (harpy's names).
+
+    Options not given keep the estimator's defaults.
+    """
+    given = {"q": args.p, "q_sum": args.p_sum, "q_post": args.p_post, "sigma": args.sigma, "cap_max": args.cap_max}
+    params = {name: (None if value == "none" else value) for name, value in given.items() if value is not None}
+    if args.no_norm_sum:
+        params["norm_sum"] = False
+    return params
+
+
+def _check_sample(args, som, sample, arrays, *, preprocessed) -> None:
+    """Warn (one line) about a training sample too small for the grid, or raw counts clustered unpreprocessed."""
+    import numpy as np
+
+    n_nodes = som.xdim * som.ydim
+    if sample.n_samples < MIN_PIXELS_PER_NODE * n_nodes:
+        given = f"--fraction {args.fraction}" if args.fraction is not None else f"--n-samples {args.n_samples}"
+        given = given if args.fraction is not None or args.n_samples is not None else "the default --fraction"
+        _warn(
+            args,
+            f"{given} gives {sample.n_samples} training pixels for a {som.xdim}x{som.ydim} SOM ({n_nodes} nodes, "
+            f"fewer than {MIN_PIXELS_PER_NODE} per node): the SOM cannot learn the phenotypes. Raise --fraction, pass "
+            "--n-samples N, or use a smaller grid (--xdim, --ydim).",
+        )
+    integer = [a.name for a in arrays if a.dtype.kind in "biu"]
+    if preprocessed or not integer or sample.n_samples == 0:
+        return
+    p99 = np.percentile(sample.values[:: max(1, sample.n_samples // 100_000)], 99, axis=0)
+    worst = int(np.argmax(p99))
+    if p99[worst] > RAW_COUNTS_ABOVE:
+        _warn(
+            args,
+            f"image(s) {integer} hold raw integer counts (99th percentile {p99[worst]:.4g} in channel "
+            f"{str(sample.channels[worst])!r}; preprocessed pixels lie in about [0, 1]). On raw counts the brightest "
+            "channels decide the clusters: add --preprocess (harpy's blur, pixel-sum and percentile normalisation).",
+        )
 
 
 def _demo(args) -> int:
@@ -266,21 +390,20 @@ def _demo(args) -> int:
     )
     with _computing(cluster_args):
         model, sample, arrays = _train(cluster_args, sdata, store, ["tissue"])
-        names = _label_and_write(cluster_args, sdata, store, ["tissue"], arrays, model)
+        labels = _label_and_write(cluster_args, sdata, store, ["tissue"], arrays, model)
+        print(
+            f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels "
+            f"({model.n_samples_fit_ / args.size**2:.1%}), {args.phenotypes} metaclusters; labelled "
+            f"{args.size**2} pixels."
+        )
+        counts = _summarize(sdata, labels, model)
     metaclusters = np.asarray(sdata.labels["tissue_metaclusters"].values)
     ari = adjusted_rand_score(truth.ravel(), metaclusters.ravel())
-    pictures = _save_pictures(out / "pictures", sdata, names, model, sample)
-    sizes = np.bincount(metaclusters.ravel(), minlength=args.phenotypes + 1)[1:]
-    print(
-        f"Trained a {model.xdim}x{model.ydim} SOM on {model.n_samples_fit_} sampled pixels "
-        f"({model.n_samples_fit_ / metaclusters.size:.1%}), {args.phenotypes} metaclusters; labelled "
-        f"{metaclusters.size} pixels."
-    )
-    print("Metacluster sizes (pixels): " + ", ".join(f"{i + 1}: {n}" for i, n in enumerate(sizes)))
+    pictures = _save_pictures(out / "pictures", sdata, labels[1], model, counts, sample)
     print(f"Adjusted Rand index of the metaclusters against the known phenotypes: {ari:.3f}")
     print(f"SpatialData store (image 'tissue', labels 'tissue_som_clusters', 'tissue_metaclusters'): {store}")
     for path in pictures:
-        print(f"Picture: {path}")
+        print(f"{'Table' if path.suffix == '.csv' else 'Picture'}: {path}")
     print(f"Done in {time.perf_counter() - t0:.1f} s.")
     return 0
 
@@ -296,40 +419,150 @@ def _cluster(args) -> int:
     t0 = time.perf_counter()
     with _computing(args):
         model, sample, arrays = _train(args, sdata, store, images)
-        chosen = " (chosen from the data)" if model.n_clusters == "auto" else ""
+        som = _flowsom(model)
+        chosen = " (chosen from the data)" if som.n_clusters == "auto" else ""
+        preprocessed = " preprocessed" if args.preprocess else ""
         _say(
-            f"Trained a {model.xdim}x{model.ydim} SOM ({model.som}) on {model.n_samples_fit_} sampled pixels of "
-            f"{len(images)} image(s), {model.n_clusters_} metaclusters{chosen}, in {time.perf_counter() - t0:.1f} s."
+            f"Trained a {som.xdim}x{som.ydim} SOM ({som.som}) on {som.n_samples_fit_}{preprocessed} sampled pixels "
+            f"of {len(images)} image(s), channels {_channels_text(som.channels_)}, {som.n_clusters_} metaclusters"
+            f"{chosen}, in {time.perf_counter() - t0:.1f} s."
         )
-        names = _label_and_write(args, sdata, store, images, arrays, model)
+        labels = _label_and_write(args, sdata, store, images, arrays, model)
+        counts = _summarize(sdata, labels, model)
     if args.save_model is not None:
         joblib.dump(model, args.save_model)
-        print(f"Model: {args.save_model}")
-    for path in _save_pictures(_pictures_folder(args, store), sdata, names, model, sample):
+        carried = " (with its preprocessing)" if args.preprocess else ""
+        print(f"Model{carried}: {args.save_model}")
+    folder = _pictures_folder(args, store)
+    for path in _save_pictures(folder, sdata, labels[1], model, counts, sample, args.heatmap_scale):
+        print(f"{'Table' if path.suffix == '.csv' else 'Picture'}: {path}")
+    return 0
+
+
+def _channels_text(channels) -> str:
+    return "[" + ", ".join(str(c) for c in channels) + "]"
+
+
+def _load_model(path: str):
+    """Load a fitted PixelFlowSOM, or a Pipeline ending in one, saved by ``cluster --save-model``."""
+    import joblib
+    from sklearn.pipeline import Pipeline
+
+    from . import PixelFlowSOM
+
+    if not Path(path).is_file():
+        raise _UsageError(f"--model {path!r} does not exist")
+    model = joblib.load(path)
+    som = model[-1] if isinstance(model, Pipeline) else model
+    if not isinstance(som, PixelFlowSOM) or not hasattr(som, "codes_") or not hasattr(som, "channels_"):
+        raise _UsageError(
+            f"--model {path!r} is not a PixelFlowSOM fitted on images, nor a Pipeline ending in one (save one with "
+            "cluster --save-model)"
+        )
+    return model
+
+
+#: ``apply`` compares the 99th percentiles of the channels of this many pixels, drawn from a central window of at
+#: most ``PROBE_WINDOW`` pixels per spatial axis of every image, with the training pixels'.
+PROBE_PIXELS = 20_000
+PROBE_WINDOW = 1024
+#: ``apply`` refuses (without ``--force``) images whose channels' 99th percentiles differ from the training pixels' by
+#: more than this factor in the median over the channels.
+FAR_FACTOR = 10.0
+
+
+def _check_like_training(args, model, arrays) -> None:
+    """Refuse images whose pixels look nothing like the training pixels, e.g. raw counts for preprocessed ones.
+
+    Called unless ``--force``.
+    """
+    import numpy as np
+    from sklearn.base import clone
+
+    som = _flowsom(model)
+    windows = []
+    for array in arrays:
+        window = {}
+        for dim in array.dims[1:]:
+            size = array.sizes[dim]
+            start = max(0, (size - PROBE_WINDOW) // 2)
+            window[dim] = slice(start, start + PROBE_WINDOW)
+        windows.append(array.isel(window))
+    inputs = model[:-1].transform(windows) if hasattr(model, "steps") else windows
+    probe = clone(som).set_params(channels=list(som.channels_), fraction=None, n_samples=PROBE_PIXELS, random_state=0)
+    sample = probe.training_sample(inputs)
+    if sample.n_samples == 0:
+        return
+    trained = som.channel_percentiles_[-1]
+    seen = np.percentile(sample.values, 99, axis=0)
+    floor = 1e-3 * max(float(np.max(trained)), np.finfo(np.float32).tiny)
+    keep = (trained > floor) | (seen > floor)
+    if not keep.any():
+        return
+    log_ratio = np.log10(np.maximum(seen, floor) / np.maximum(trained, floor))
+    if np.median(np.abs(log_ratio[keep])) <= np.log10(FAR_FACTOR):
+        return
+    order = np.argsort(-np.abs(np.where(keep, log_ratio, 0)))[:3]
+    examples = "; ".join(f"{som.channels_[i]}: {seen[i]:.4g} here, {trained[i]:.4g} in training" for i in order)
+    carried = "applies the preprocessing it was trained with" if hasattr(model, "steps") else "carries no preprocessing"
+    raise _UsageError(
+        f"the images' pixels are far from the training pixels (99th percentiles differ by more than {FAR_FACTOR:g}x in "
+        f"most channels; {examples}). This model {carried}: label images prepared as its training images were, or "
+        "pass --force to label them anyway"
+    )
+
+
+def _apply(args) -> int:
+    store = Path(args.store)
+    model = _load_model(args.model)
+    som = _flowsom(model)
+    sdata = _open_store(store)
+    images = args.image
+    arrays = _image_elements(sdata, images, store)
+    som.set_params(chunks=_spatial_chunks(args.chunks, arrays[0].ndim))
+    (model[0] if hasattr(model, "steps") else som).check_input(arrays)  # the model's channels, by name
+    _check_outputs(args, sdata, images)
+    with _computing(args):
+        if not args.force:
+            _check_like_training(args, model, arrays)
+        preprocessing = " after the model's preprocessing" if hasattr(model, "steps") else ""
+        _say(f"Labelling with the model's channels {_channels_text(som.channels_)}{preprocessing}.")
+        labels = _label_and_write(args, sdata, store, images, arrays, model)
+        counts = _summarize(sdata, labels, model)
+    for path in _save_pictures(_pictures_folder(args, store), sdata, labels[1], model, counts):
         print(f"Picture: {path}")
     return 0
 
 
-def _apply(args) -> int:
-    import joblib
+def _import(args) -> int:
+    import spatialdata as sd
 
-    from . import PixelFlowSOM
+    from . import import_images
 
-    store = Path(args.store)
-    if not Path(args.model).is_file():
-        raise _UsageError(f"--model {args.model!r} does not exist")
-    model = joblib.load(args.model)
-    if not isinstance(model, PixelFlowSOM) or not hasattr(model, "codes_"):
-        raise _UsageError(f"--model {args.model!r} is not a fitted PixelFlowSOM (save one with cluster --save-model)")
-    sdata = _open_store(store)
-    images = args.image
-    arrays = _image_elements(sdata, images, store)
-    _check_outputs(args, sdata, images)
-    model.set_params(chunks=_spatial_chunks(args.chunks, arrays[0].ndim))
+    store = Path(args.out)
+    if not store.parent.exists():
+        raise _UsageError(f"--out: folder {str(store.parent)!r} does not exist")
+    t0 = time.perf_counter()
     with _computing(args):
-        names = _label_and_write(args, sdata, store, images, arrays, model)
-    for path in _save_pictures(_pictures_folder(args, store), sdata, names, model):
-        print(f"Picture: {path}")
+        names = import_images(
+            [Path(f) for f in args.files],
+            store,
+            names=args.names,
+            channels=args.channel_names,
+            chunks=_parse_chunks(args.chunks),
+            overwrite=args.overwrite,
+            overwrite_hint="pass --overwrite",
+        )
+    sdata = sd.read_zarr(store)
+    _say(f"Imported {len(names)} image(s) into {store} in {time.perf_counter() - t0:.1f} s:")
+    for name in names:
+        image = sdata.images[name]
+        sizes = " x ".join(str(image.sizes[d]) for d in image.dims[1:])
+        _say(f"  {name}: {image.sizes['c']} channels, {sizes} pixels, {image.dtype}: {_channels_text(image.c.values)}")
+    _say(
+        f"Next: pixelflowsom cluster {store} --image {names[0]} --preprocess --channels CHANNEL ... (lineage markers; "
+        "see pixelflowsom cluster --help)"
+    )
     return 0
 
 
@@ -399,7 +632,69 @@ def _add_common(parser, *, training):
             help="SOM algorithm: FlowSOM's online SOM (the default), the batch SOM finished by online passes, or the "
             "batch SOM",
         )
-        parser.add_argument("--save-model", metavar="FILE", help="save the fitted model (joblib), for `apply`")
+        parser.add_argument(
+            "--save-model",
+            metavar="FILE",
+            help="save the fitted model (joblib), with its preprocessing if --preprocess, for `apply`",
+        )
+        parser.add_argument(
+            "--heatmap-scale",
+            choices=("minmax", "zscore"),
+            default="minmax",
+            help="the heatmap's colours: every channel's medians scaled to [0, 1] across the metaclusters (minmax, the "
+            "default), or z-scored across them (zscore)",
+        )
+        _add_preprocessing(parser)
+    else:
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="label images whose pixels are far from the training pixels (refused otherwise: e.g. raw counts "
+            "given to a model trained on preprocessed pixels)",
+        )
+
+
+def _add_preprocessing(parser):
+    """``--preprocess`` and harpy's ``pixel_clustering_preprocess`` options, passed on to PixelPreprocessor."""
+    from . import PixelPreprocessor
+
+    defaults = PixelPreprocessor().get_params()
+    group = parser.add_argument_group(
+        "preprocessing (harpy.im.pixel_clustering_preprocess's steps and option names; the saved model carries it)"
+    )
+    group.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="preprocess the --channels before clustering: divide every channel by its --p percentile, blur "
+        "(--sigma), drop pixels whose channel sum is below the --p-sum percentile, divide every pixel by its channel "
+        "sum, divide every channel by its --p-post percentile, cap at --cap-max",
+    )
+    for option, name, what in (
+        ("--p", "q", "percentile every channel is divided by first"),
+        ("--p-sum", "q_sum", "percentile of the pixels' channel sums below which a pixel is left unlabelled"),
+        ("--p-post", "q_post", "percentile every channel is divided by last"),
+    ):
+        group.add_argument(
+            option, type=_number_or_none, metavar="P", help=f"{what}, or none (default: {defaults[name]})"
+        )
+    group.add_argument(
+        "--sigma",
+        type=_number_or_none,
+        metavar="PIXELS",
+        help=f"standard deviation of the Gaussian blur, or none (default: {defaults['sigma']})",
+    )
+    group.add_argument("--no-norm-sum", action="store_true", help="do not divide every pixel by its channel sum")
+    group.add_argument("--cap-max", type=float, metavar="VALUE", help="upper bound of the values (default: none)")
+
+
+def _number_or_none(text):
+    """Parse a float, or ``none``."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a number or 'none')") from None
 
 
 def _add_sampling(parser):
@@ -464,6 +759,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(cluster, training=True)
     cluster.set_defaults(func=_cluster)
+
+    importer = sub.add_parser(
+        "import",
+        help="write TIFF / OME-TIFF / .npz / .npy images into a new SpatialData store",
+        description="Read multiplexed images (c, y, x) and write them as image elements of a new SpatialData zarr "
+        "store, one element per file, named after it, with its channel names: OME-TIFF channel names, a folder of "
+        "single-channel TIFFs (one file per channel, named after it), .npz with 'channels' and one image array, "
+        "TIFF or .npy with --channel-names.",
+    )
+    importer.add_argument("files", nargs="+", metavar="FILE", help="image files or folders of per-channel TIFFs")
+    importer.add_argument("--out", required=True, metavar="STORE", help="the new SpatialData zarr store")
+    importer.add_argument(
+        "--names", nargs="+", metavar="NAME", help="element names, one per file (default: file names)"
+    )
+    importer.add_argument(
+        "--channel-names",
+        nargs="+",
+        metavar="NAME",
+        help="the channel names of every file, in its channel order (they replace the file's own): for TIFF and .npy "
+        "files, which name none",
+    )
+    importer.add_argument("--chunks", help="chunks of the elements: 'auto', one int, or c,y,x sizes")
+    importer.add_argument("--overwrite", action="store_true", help="replace the store if it exists")
+    importer.add_argument("--quiet", action="store_true", help="show no progress")
+    importer.set_defaults(func=_import, scheduler="threads")
 
     apply = sub.add_parser(
         "apply",

@@ -38,6 +38,18 @@ _OUTPUT_NAMES = np.array(["som_node", "metacluster"], dtype=object)
 _SOM_PARAMS = ("xdim", "ydim", "rlen", "mst", "alpha")
 
 
+#: Most training rows the percentiles of ``channel_percentiles_`` are taken over (evenly spaced in the sample).
+PERCENTILE_ROWS = 100_000
+#: The percentiles of ``channel_percentiles_``.
+PERCENTILES = (1.0, 50.0, 99.0)
+
+
+def _channel_percentiles(sample):
+    """``PERCENTILES`` of every column of an in-memory sample, over at most ``PERCENTILE_ROWS`` evenly spaced rows."""
+    step = max(1, -(-sample.shape[0] // PERCENTILE_ROWS))
+    return np.percentile(np.asarray(sample[::step], dtype=np.float64), PERCENTILES, axis=0)
+
+
 def _lazy_frame(out):
     """Return a lazy ``(n, 2)`` label array as a lazy dask DataFrame with the columns ``[som_node, metacluster]``."""
     import dask.dataframe as dd
@@ -143,6 +155,10 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         Number of rows the SOM was trained on.
     quantization_error_ : float
         Mean Euclidean distance of the training sample to its nearest code.
+    channel_percentiles_ : ndarray of shape (3, n_features_in_)
+        The 1st, 50th and 99th percentiles (rows) of every channel over the training pixels (at most
+        ``PERCENTILE_ROWS`` of them, evenly spaced in the sample), float64: what the model's input looked like, to
+        compare later input with (the command line's ``apply`` refuses images far from it).
     n_iter_ : int
         Passes (online) or epochs (batch) run, summed over the ``mst`` phases.
     n_features_in_ : int
@@ -362,6 +378,46 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.labels_ = self.node_metacluster_[nodes]
         return self
 
+    def check_input(self, X=None):
+        """Check the parameters and the images as ``fit`` (once fitted: ``transform``) does, without reading a pixel.
+
+        Call it to report every problem of a call before starting work that is costly to undo, e.g. before
+        checking that the outputs may be written.
+
+        Parameters
+        ----------
+        X : image, list of images or None, default=None
+            The images ``fit`` or ``transform`` will get (see Notes of the class); ``None`` checks the parameters only.
+
+        Returns
+        -------
+        channels : list or None
+            The labels of the channels clustered on, in the model's order: ``channels_`` once fitted (None if fitted on
+            a table without feature names), else ``channels`` or, for ``channels=None``, all channels of the first
+            image (None if ``X`` is None).
+
+        Raises
+        ------
+        ValueError, TypeError, KeyError
+            Bad parameters, images (dims, dtype), or channels missing from an image (with the closest names).
+        """
+        self._validate_params()
+        self._check_params()
+        if X is not None and not _images.is_image_input(X):
+            raise TypeError(f"check_input takes an image or a list of images, got {type(X).__name__}.")
+        if hasattr(self, "codes_"):
+            if X is not None:
+                self._validate_images(X)
+            labels = getattr(self, "channels_", None)
+            return None if labels is None else [_images.plain(c) for c in labels]
+        if X is None:
+            return None if self.channels is None else _images.resolve_channels(self.channels, None)
+        images, _ = _images.check_images(X)
+        labels = _images.resolve_channels(self.channels, images[0])
+        for i, image in enumerate(images):
+            _images.channel_positions(image, labels, i)
+        return labels
+
     def training_sample(self, X):
         """Draw the pixels that ``fit(X)`` trains on, after checking the parameters and the images.
 
@@ -444,6 +500,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.grid_ = _som.grid_coordinates(self.xdim, self.ydim)
         self.quantization_error_ = float(distances.mean())
         self.n_samples_fit_ = sample.shape[0]
+        self.channel_percentiles_ = _channel_percentiles(sample)
         return nodes
 
     def _train_som(self, sample, alpha, random_state):
@@ -529,9 +586,10 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         else:
             labels = None
         positions = []
+        fix = f"This model was fitted on channels {[_images.plain(c) for c in labels or []]}; every image needs them."
         for i, image in enumerate(images):
             if labels is not None:
-                positions.append(_images.channel_positions(image, labels, i))
+                positions.append(_images.channel_positions(image, labels, i, fix=fix))
             elif image.sizes["c"] != self.n_features_in_:
                 # Fitted on a table without feature names: channels are matched by position.
                 raise ValueError(

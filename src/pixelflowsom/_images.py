@@ -7,6 +7,7 @@ dask-backed), exactly a spatialdata image element; a multiscale element (an :cla
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,8 +102,8 @@ def check_images(X) -> tuple[list[xr.DataArray], bool]:
 def channel_list(channels) -> list:
     """Normalise the ``channels`` parameter (one label or several) to a list of labels."""
     if isinstance(channels, str | int | np.integer):
-        return [_key(channels)]
-    return [_key(c) for c in channels]
+        return [plain(channels)]
+    return [plain(c) for c in channels]
 
 
 def resolve_channels(channels, image: xr.DataArray) -> list:
@@ -115,38 +116,72 @@ def resolve_channels(channels, image: xr.DataArray) -> list:
     """
     labels = channel_labels(image) if channels is None else channel_list(channels)
     if len(labels) == 0 or len({str(c) for c in labels}) != len(labels):
-        raise ValueError(f"channels={channels!r} must name at least one channel, each once.")
+        raise ValueError(f"channels={labels!r} must name at least one channel, each once.")
     return labels
 
 
-def channel_positions(image: xr.DataArray, channels: list, position: int) -> np.ndarray:
+def channel_positions(
+    image: xr.DataArray, channels: list, position: int, *, fix: str = "Pass channels that every image has."
+) -> np.ndarray:
     """Positions along ``c`` of ``channels``, found by the labels of the ``c`` coordinate as ``image.sel`` does.
 
-    ``position`` is the image's place in the caller's list (for the message).
+    ``position`` is the image's place in the caller's list and ``fix`` the last sentence of the error (for the
+    message).
 
     Raises
     ------
     KeyError
-        Naming the missing channels and listing the available ones.
+        Naming the missing channels (with the closest available name when one is close, ignoring case), listing the
+        available ones, and ending with ``fix``.
     """
-    available = list(image.coords["c"].values) if "c" in image.coords else list(range(image.sizes["c"]))
-    lookup = {_key(c): i for i, c in enumerate(available)}
-    missing = [c for c in channels if _key(c) not in lookup]
+    available = channel_labels(image)
+    lookup = {c: i for i, c in enumerate(available)}
+    missing = [plain(c) for c in channels if plain(c) not in lookup]
     if missing:
         raise KeyError(
-            f"Channel(s) {missing} not found in image {image_name(image, position)}; available channels: "
-            f"{available}. Pass channels that every image has."
+            f"Channel(s) {missing} not found in image {image_name(image, position)}"
+            f"{did_you_mean(missing, available)}; available channels: {available}. {fix}"
         )
-    return np.array([lookup[_key(c)] for c in channels], dtype=np.int64)
+    return np.array([lookup[plain(c)] for c in channels], dtype=np.int64)
 
 
-def _key(label):
-    """Compare channel labels as ``sel`` does: numpy scalars and Python scalars alike."""
+def did_you_mean(wrong: list, known: list) -> str:
+    """Return ``" (did you mean 'PanKeratin'?)"`` for the ``known`` names closest to ``wrong`` ones, or ``""``.
+
+    Case is ignored when comparing.
+
+    Parameters
+    ----------
+    wrong : list
+        Names that were not found.
+    known : list
+        The names that exist.
+    """
+    by_folded = {}
+    for name in known:
+        by_folded.setdefault(str(name).casefold(), name)
+    found = []
+    for name in wrong:
+        close = difflib.get_close_matches(str(name).casefold(), list(by_folded), n=1, cutoff=0.6)
+        if close:
+            found.append((name, by_folded[close[0]]))
+    if not found:
+        return ""
+    if len(wrong) == 1:
+        return f" (did you mean {found[0][1]!r}?)"
+    return " (did you mean " + ", ".join(f"{right!r} for {name!r}" for name, right in found) + "?)"
+
+
+def plain(label):
+    """Return a channel label as a Python scalar: ``np.str_('CD45')`` becomes ``'CD45'``.
+
+    Labels then compare as ``sel`` compares them and print as the user typed them.
+    """
     return label.item() if isinstance(label, np.generic) else label
 
 
 def channel_labels(image: xr.DataArray) -> list:
     """Return the labels of an image's ``c`` coordinate (positions when it has none)."""
     if "c" in image.coords:
-        return [_key(c) for c in image.coords["c"].values]
+        return [plain(c) for c in image.coords["c"].values]
     return list(range(image.sizes["c"]))

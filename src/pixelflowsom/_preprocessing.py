@@ -13,7 +13,7 @@ chunk by chunk. All of them assume validated input. The estimator validates and 
 from __future__ import annotations
 
 import warnings
-from numbers import Real
+from numbers import Integral, Real
 
 import dask
 import dask.array as da
@@ -23,6 +23,7 @@ from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from . import _images
 from ._compat import Interval, StrOptions, _fit_context, set_output_config
 from ._persistence import VersionedPickleMixin
 
@@ -301,10 +302,19 @@ def _working_dtype(dtype):
 
 def _as_dask_4d(image):
     """Return the data of a validated image as a ``(c, z, y, x)`` dask array with one chunk along ``c``."""
-    data = image.data
-    arr = data if isinstance(data, da.Array) else da.asarray(np.asarray(data))
-    arr = arr.rechunk({0: -1})
+    arr = _as_dask(image.data).rechunk({0: -1})
     return arr[:, None] if arr.ndim == 3 else arr
+
+
+def _as_dask(data):
+    return data if isinstance(data, da.Array) else da.asarray(np.asarray(data))
+
+
+def _select_channels(image, positions):
+    """Select the channels at ``positions`` of ``image``, lazily (a numpy-backed image is wrapped, not copied)."""
+    if np.array_equal(positions, np.arange(image.sizes["c"])):
+        return image
+    return image.copy(deep=False, data=_as_dask(image.data)).isel(c=positions)
 
 
 class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -327,6 +337,10 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
 
     Parameters
     ----------
+    channels : str, int, list or None, default=None
+        The channels to preprocess, by the labels of the images' ``c`` coordinate (as ``image.sel(c=channels)``
+        selects), in this order; the output holds only them. ``None``: all channels of the first image. Every image
+        given to ``fit`` and ``transform`` must have these channels, in any order and with any others beside them.
     q : float in [0, 100] or None, default=99.0
         Percentile of every channel's non-zero, non-NaN pixels that the channel is divided by. ``None`` skips it.
     q_sum : float in [0, 100] or None, default=5.0
@@ -350,7 +364,8 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
     Attributes
     ----------
     channel_names_ : ndarray of shape (n_channels,)
-        The ``c`` coordinate of the images seen in ``fit`` (``0 .. n_channels - 1`` if they have none).
+        The channels preprocessed, in the output's order: ``channels``, or the ``c`` coordinate of the first image
+        seen in ``fit`` (``0 .. n_channels - 1`` if it has none). ``transform`` selects them by label from every image.
     n_features_in_ : int
         Number of channels seen in ``fit``.
     quantiles_ : ndarray of shape (n_channels,) or None
@@ -383,8 +398,8 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
       makes every pixel NaN. Here images without such pixels are left out of the mean, and if no image has any the
       step is skipped for that channel (divisor 1, or no sum threshold) with a warning.
     - float64 images stay float64 (harpy casts to float32 by default); other dtypes become float32 as in harpy.
-    - harpy's ``channels``, ``chunks``, ``scale_factors``, ``persist_intermediate`` and ``overwrite`` concern reading
-      from and writing to SpatialData: select channels with ``image.sel(c=...)``, and rechunk or persist the output.
+    - harpy's ``chunks``, ``scale_factors``, ``persist_intermediate`` and ``overwrite`` concern reading from and
+      writing to SpatialData: rechunk or persist the output. ``channels`` is harpy's.
       Images in a list may mix 2D and 3D.
 
     As harpy notes, ``q_sum`` and ``norm_sum`` mix information across channels and statistics of a list of images
@@ -412,6 +427,7 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
     """
 
     _parameter_constraints: dict = {
+        "channels": [str, Integral, "array-like", None],
         "q": [Interval(Real, 0, 100, closed="both"), None],
         "q_sum": [Interval(Real, 0, 100, closed="both"), None],
         "q_post": [Interval(Real, 0, 100, closed="both"), None],
@@ -421,7 +437,19 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
         "combine": [StrOptions({"mean", "pooled"})],
     }
 
-    def __init__(self, *, q=99.0, q_sum=5.0, q_post=99.9, sigma=2.0, norm_sum=True, cap_max=None, combine="mean"):
+    def __init__(
+        self,
+        *,
+        channels=None,
+        q=99.0,
+        q_sum=5.0,
+        q_post=99.9,
+        sigma=2.0,
+        norm_sum=True,
+        cap_max=None,
+        combine="mean",
+    ):
+        self.channels = channels
         self.q = q
         self.q_sum = q_sum
         self.q_post = q_post
@@ -433,12 +461,14 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
     # ------------------------------------------------------------------ validation
 
     def _validate_images(self, X, *, reset):
-        """Check the images and their channels; returns ``(list_of_images, channel_names, was_a_list)``."""
+        """Check the images and find the channels to preprocess in them by label.
+
+        Returns ``(images, channel_names, was_a_list)``: every image reduced (lazily) to the channels, in their order.
+        """
         was_list = isinstance(X, list | tuple)
         images = list(X) if was_list else [X]
         if was_list and not images:
             raise ValueError("Got an empty list of images; pass at least one xarray.DataArray image.")
-        names = None
         for i, image in enumerate(images):
             where = f"Image {i}" if was_list else "The image"
             if not isinstance(image, xr.DataArray):
@@ -460,24 +490,22 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
                 raise ValueError(f"{where} has dims {dims}; expected {_DIMS_2D} or {_DIMS_3D}: {hint}.")
             if image.dtype.kind not in "biuf":
                 raise TypeError(f"{where} has dtype {image.dtype}; expected numbers. Cast it with image.astype(float).")
-            image_names = np.asarray(image.coords["c"].values if "c" in image.coords else np.arange(image.sizes["c"]))
-            if len(set(image_names.tolist())) != len(image_names):
+            image_names = _images.channel_labels(image)
+            if len({str(c) for c in image_names}) != len(image_names):
                 raise ValueError(
-                    f"{where} has duplicate channel names {image_names.tolist()}; give every channel a unique name."
+                    f"{where} has duplicate channel names {image_names}; give every channel a unique name."
                 )
-            expected = names if reset else self.channel_names_
-            if expected is None:
-                names = image_names
-            elif not np.array_equal(image_names, expected):
-                missing = [c for c in expected.tolist() if c not in image_names.tolist()]
-                extra = [c for c in image_names.tolist() if c not in expected.tolist()]
-                seen = "the first image" if reset else f"{type(self).__name__}.fit"
-                detail = f" (missing {missing}, unexpected {extra})" if missing or extra else " (in another order)"
-                raise ValueError(
-                    f"{where} has channels {image_names.tolist()}, but {seen} had {expected.tolist()}{detail}; "
-                    f"select them in that order with image.sel(c={expected.tolist()!r})."
-                )
-        return images, (names if reset else self.channel_names_), was_list
+        if reset:
+            names = _images.resolve_channels(self.channels, images[0])
+            fix = "Pass channels that every image has."
+        else:
+            names = [_images.plain(c) for c in self.channel_names_]
+            fix = f"{type(self).__name__} was fitted on channels {names}; every image needs them (in any order)."
+        selected = [
+            _select_channels(image, _images.channel_positions(image, names, i, fix=fix))
+            for i, image in enumerate(images)
+        ]
+        return selected, np.asarray(names), was_list
 
     def _resolve_sigmas(self, n_channels):
         """Per-channel standard deviations of the blur, or None without blur."""
@@ -507,6 +535,39 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
                 stacklevel=4,
             )
         return value
+
+    def check_input(self, X=None):
+        """Check the parameters and the images as ``fit`` (once fitted: ``transform``) does, without reading a pixel.
+
+        Parameters
+        ----------
+        X : xarray.DataArray, list of xarray.DataArray or None, default=None
+            The images ``fit`` or ``transform`` will get; ``None`` checks the parameters only.
+
+        Returns
+        -------
+        channels : list or None
+            The labels of the channels preprocessed, in the output's order (``channel_names_`` once fitted); None if
+            not fitted, ``X`` is None and ``channels`` is None.
+
+        Raises
+        ------
+        ValueError, TypeError, KeyError
+            Bad parameters, images, or channels missing from an image (with the closest names).
+        """
+        self._validate_params()
+        fitted = hasattr(self, "channel_names_")
+        if X is None:
+            if fitted:
+                return [_images.plain(c) for c in self.channel_names_]
+            if self.channels is None:
+                return None
+            names = _images.resolve_channels(self.channels, None)
+        else:
+            _, names, _ = self._validate_images(X, reset=not fitted)
+            names = [_images.plain(c) for c in names]
+        self._resolve_sigmas(len(names))
+        return names
 
     # ------------------------------------------------------------------ fit / transform
 

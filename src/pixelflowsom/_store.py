@@ -100,7 +100,9 @@ def check_image_names(sdata, image_names) -> None:
         raise KeyError(f"Image element(s) {missing} not found in sdata; available images: {list(sdata.images)}.")
 
 
-def check_output_names(sdata, image_names, cluster_names, metacluster_names, overwrite) -> None:
+def check_output_names(
+    sdata, image_names, cluster_names, metacluster_names, overwrite, *, overwrite_hint="pass overwrite=True"
+) -> None:
     """Check the output labels names of a call before any work; raise if one cannot be written.
 
     Parameters
@@ -113,6 +115,8 @@ def check_output_names(sdata, image_names, cluster_names, metacluster_names, ove
         The output names: SOM-node labels and metacluster labels, one of each per image.
     overwrite : bool
         Whether existing labels elements with an output name may be replaced.
+    overwrite_hint : str, default="pass overwrite=True"
+        How the caller's user allows replacing, in the message (the command line says ``"pass --overwrite"``).
 
     Raises
     ------
@@ -176,10 +180,10 @@ def check_output_names(sdata, image_names, cluster_names, metacluster_names, ove
             )
         if kind is not None and not overwrite:
             if name in kinds:
-                raise ValueError(f"Labels element {name!r} already exists in sdata; pass overwrite=True to replace it.")
+                raise ValueError(f"Labels element {name!r} already exists in sdata; {overwrite_hint} to replace it.")
             raise ValueError(
-                f"Labels element {name!r} already exists in sdata's zarr store {root} (though not in sdata); pass "
-                "overwrite=True to replace it."
+                f"Labels element {name!r} already exists in sdata's zarr store {root} (though not in sdata); "
+                f"{overwrite_hint} to replace it."
             )
 
 

@@ -2,16 +2,18 @@
 
 * :func:`metacluster_image`: the metacluster label image with a legend of metacluster colours;
 * :func:`phenotype_heatmap` / :func:`phenotype_heatmap_from_fsom`: the median channel intensity of every metacluster,
-  z-scored per channel, as pixel-clustering papers show phenotypes;
+  scaled per channel to [0, 1] (or z-scored), as pixel-clustering papers show phenotypes; its numbers, unscaled, are
+  :func:`~pixelflowsom.metacluster_table`;
 * :func:`som_grid`: the SOM grid, nodes coloured by metacluster (and sized by their pixels when known).
 * :func:`n_clusters_criterion`: how the number of metaclusters was chosen (the criterion against ``k``).
 
 Metaclusters are **1-based** in every picture, as in the label images that :meth:`PixelFlowSOM.predict
 <pixelflowsom.PixelFlowSOM.predict>` returns (0 is the background: pixels with a NaN channel). The fitted
 attributes of the estimator and of ``flowsom`` are 0-based; these functions add 1 where they read them. Metacluster
-``k`` has the same colour in every picture: ten ``tab10`` colours, then the ten light ``tab20`` ones, then
-further colours picked one by one to be as distinct as possible (in CIELAB) from all before; the colour of ``k``
-does not depend on how many metaclusters there are.
+``k`` has the same colour in every picture: colour ``k`` of colorcet's glasbey palette ``glasbey_bw_minc_20``, 256
+colours each picked to be as distinct as possible from all before it, from the black background, from the white
+figure and from greys; the colour of ``k`` does not depend on how many metaclusters there are (ids above 256 reuse
+the colour of ``k - 256``).
 
 Every function returns the :class:`matplotlib.figure.Figure` it drew on (a new one from
 :func:`matplotlib.pyplot.subplots` unless ``ax`` is given; close it with ``plt.close(fig)`` when drawing many) and
@@ -22,10 +24,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from numbers import Integral
 
+import colorcet
 import numpy as np
+
+from ._tables import aggregate, check_counts, check_pixels
 
 try:
     import matplotlib.pyplot as plt
@@ -53,46 +59,17 @@ _MAX_LEGEND = 100
 # ---------------------------------------------------------------------------------------------- colours
 
 
-def _srgb_to_lab(rgb):
-    """CIELAB (D65) coordinates of sRGB colours in [0, 1], shape ``(n, 3)``."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    to_xyz = np.array(
-        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-    )
-    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
-    delta = 6 / 29
-    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
-    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
-
-
-def _base_palette():
-    """Return the first 20 colours: ``tab10``, then the light halves of the ``tab20`` pairs."""
-    tab20 = plt.get_cmap("tab20").colors
-    return np.array([*tab20[0::2], *tab20[1::2]], dtype=np.float64)
-
-
 @lru_cache(maxsize=8)
 def _palette(n: int):
-    """RGB colours of metaclusters ``1..n`` (row ``k - 1``), shape ``(n, 3)``; a prefix of one fixed sequence.
+    """RGB colours of metaclusters ``1..n`` (row ``k - 1``), shape ``(n, 3)``, read-only; a prefix of one sequence.
 
-    Beyond the 20 base colours, each colour is the candidate of a 16-level RGB grid farthest (in CIELAB) from all
-    colours before it, the background black and the white figure, as glasbey palettes are made.
+    colorcet's ``glasbey_bw_minc_20``: a glasbey palette made to be distinct from black and white (its ``bw``) and
+    from greys (``minc_20``: a minimum chroma), repeated every 256 colours.
     """
-    base = _base_palette()
-    if n <= len(base):
-        return base[:n].copy()
-    levels = np.linspace(0.0, 1.0, 16)
-    candidates = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
-    candidates_lab = _srgb_to_lab(candidates)
-    taken_lab = _srgb_to_lab(np.vstack([base, [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]]))
-    nearest = np.min(((candidates_lab[:, None, :] - taken_lab[None, :, :]) ** 2).sum(axis=2), axis=1)
-    colours = [base]
-    for _ in range(n - len(base)):
-        pick = int(np.argmax(nearest))
-        colours.append(candidates[pick][None, :])
-        nearest = np.minimum(nearest, ((candidates_lab - candidates_lab[pick]) ** 2).sum(axis=1))
-    return np.vstack(colours)
+    glasbey = np.asarray(colorcet.glasbey_bw_minc_20, dtype=np.float64)
+    colours = glasbey[np.arange(n) % len(glasbey)]
+    colours.flags.writeable = False
+    return colours
 
 
 def _metacluster_colors(ids):
@@ -111,6 +88,26 @@ def _text_color(rgba):
     """Black or white, whichever reads better on ``rgba``."""
     r, g, b = to_rgba(rgba)[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _check_names(names):
+    """Validate ``names`` (mapping of 1-based metacluster id -> name, or None); returns ``{int: str}``."""
+    if names is None:
+        return {}
+    if not isinstance(names, Mapping):
+        raise TypeError(f"names must be a mapping of metacluster id (1-based) -> name, or None; got {names!r}.")
+    checked = {}
+    for k, name in names.items():
+        if not isinstance(k, Integral) or isinstance(k, bool):
+            raise TypeError(f"names must be keyed by integer metacluster ids (1-based), got the key {k!r}.")
+        checked[int(k)] = str(name)
+    return checked
+
+
+def _metacluster_label(k, names):
+    """``"3"``, or ``"3 tumour"`` when ``names`` names metacluster 3."""
+    k = int(k)
+    return f"{k} {names[k]}" if k in names else str(k)
 
 
 # ---------------------------------------------------------------------------------------------- figure plumbing
@@ -152,9 +149,10 @@ def _legend(ax, colors, names, title=None):
     )
 
 
-def _legend_width(n_entries):
-    """Width in inches the legend of ``n_entries`` "metacluster k" entries needs."""
-    return 1.5 * max(1, math.ceil(n_entries / _LEGEND_ROWS))
+def _legend_width(entries):
+    """Width in inches the legend of the texts ``entries`` needs ("metacluster k": 1.5 inches per column)."""
+    longest = max(map(len, entries), default=0)
+    return (0.5 + 0.07 * max(longest, 14)) * max(1, math.ceil(len(entries) / _LEGEND_ROWS))
 
 
 # ---------------------------------------------------------------------------------------------- label images
@@ -259,7 +257,7 @@ def _read_labels(labels, max_pixels):
     return plane, extent, notes
 
 
-def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save=None):
+def metacluster_image(labels, *, names=None, ax=None, max_pixels=1_000_000, title=None, save=None):
     """Show a metacluster label image, one distinct colour per metacluster, with a legend of the colours.
 
     Parameters
@@ -270,6 +268,9 @@ def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save
         ``(z, y, x)``, numpy- or dask-backed (a spatialdata labels element), or a multiscale labels element (a
         ``DataTree`` with ``scale0``, ``scale1``, ...). A DataArray must have dims ``("y", "x")`` or
         ``("z", "y", "x")``. Any integer ids work, e.g. the SOM-node layer of ``transform``.
+    names : mapping of int to str or None, default=None
+        Names of metaclusters by 1-based id, e.g. ``{3: "tumour"}``, added to their legend entries
+        ("metacluster 3 tumour"); metaclusters without a name keep their id only.
     ax : matplotlib.axes.Axes or None, default=None
         Axes to draw on; ``None`` makes a new figure sized to the image and the legend.
     max_pixels : int, default=1_000_000
@@ -295,9 +296,9 @@ def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save
     -----
     A 3D image shows its middle z plane, ``z = n_z // 2``; pass ``labels[z]`` (or ``labels.isel(z=z)``) to see
     another one. The background (0) is black and labelled "background" in the legend; metacluster ``k`` is labelled
-    "metacluster k". The legend lists the ids present in the shown pixels only, so a metacluster too small to be
-    hit by the subsampling is missing from it; with more than 100 ids there is no legend. The axes are in
-    full-resolution pixel coordinates.
+    "metacluster k" (and its name when ``names`` has one). The legend lists the ids present in the shown pixels
+    only, so a metacluster too small to be hit by the subsampling is missing from it; with more than 100 ids there
+    is no legend. The axes are in full-resolution pixel coordinates.
 
     Examples
     --------
@@ -309,6 +310,7 @@ def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save
     ['background', 'metacluster 1', 'metacluster 2', 'metacluster 3']
     """
     max_pixels = _check_max_pixels(max_pixels)
+    names = _check_names(names)
     plane, extent, notes = _read_labels(labels, max_pixels)
     n_ids = int(plane.max(initial=0)) + 1
     cmap = ListedColormap(_metacluster_colors(np.arange(n_ids)), name="metaclusters")
@@ -318,7 +320,8 @@ def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save
     # The image axes get about 6 inches along its longer side, the legend its columns to the right.
     aspect = (extent[2] - extent[3]) / (extent[1] - extent[0])
     width, height = (6.0, max(6.0 * aspect, 1.5)) if aspect <= 1 else (max(6.0 / aspect, 1.5), 6.0)
-    legend_width = _legend_width(len(present)) if len(present) <= _MAX_LEGEND else 0.0
+    entries = ["background" if k == 0 else f"metacluster {_metacluster_label(k, names)}" for k in present]
+    legend_width = _legend_width(entries) if len(present) <= _MAX_LEGEND else 0.0
     fig, ax = _figure_and_axes(ax, (width + legend_width + 0.6, height + 0.9))
     ax.imshow(plane, cmap=cmap, norm=norm, interpolation="nearest", extent=extent)
     ax.set_xlabel("x (pixel)")
@@ -327,67 +330,64 @@ def metacluster_image(labels, *, ax=None, max_pixels=1_000_000, title=None, save
         title = "Metaclusters" + (f"\n({', '.join(notes)})" if notes else "")
     ax.set_title(title)
     if len(present) <= _MAX_LEGEND:
-        names = ["background" if k == 0 else f"metacluster {k}" for k in present]
-        _legend(ax, cmap(norm(present)), names)
+        _legend(ax, cmap(norm(present)), entries)
     return _finish(fig, save)
 
 
 # ---------------------------------------------------------------------------------------------- phenotype heatmap
 
-
-def _metacluster_ids(metaclusters, n_rows, one_based):
-    """1-based int64 ids of the rows (0: background, excluded from the heatmap), validated."""
-    ids = np.asarray(metaclusters)
-    if ids.ndim != 1:
-        raise ValueError(f"metaclusters must be 1D, one id per row of X, got shape {ids.shape}.")
-    if ids.shape[0] != n_rows:
-        raise ValueError(f"metaclusters has {ids.shape[0]} ids but X has {n_rows} rows; pass one id per row.")
-    if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
-        ids = ids.astype(np.int64)
-    if ids.dtype.kind not in "biu":
-        raise TypeError(f"metaclusters must be integer ids, got dtype {ids.dtype}.")
-    ids = ids.astype(np.int64)
-    if ids.size and ids.min() < 0:
-        raise ValueError(f"metaclusters must be non-negative ids, found {ids.min()}.")
-    return ids if one_based else ids + 1
+#: The ``scale`` options of the heatmap.
+_SCALES = ("minmax", "zscore", None)
 
 
-def _aggregate(X, ids, agg):
-    """Per metacluster id (sorted, 0 excluded): pixel counts and the NaN-ignoring ``agg`` of every channel.
+def _check_scale(scale):
+    if not (scale is None or (isinstance(scale, str) and scale in _SCALES)):
+        raise ValueError(f"scale={scale!r} must be 'minmax', 'zscore' or None.")
+    return scale
 
-    Assumes validated input: ``X`` float ``(n, p)``, ``ids`` int64 ``(n,)`` non-negative.
-    """
-    keep = ids > 0
-    X, ids = X[keep], ids[keep]
-    order = np.argsort(ids, kind="stable")
-    unique, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
-    reduce = np.nanmedian if agg == "median" else np.nanmean
-    values = np.full((len(unique), X.shape[1]), np.nan)
-    sorted_X = X[order]
-    for i, (start, count) in enumerate(zip(starts, counts, strict=True)):
-        block = sorted_X[start : start + count]
-        has_value = ~np.all(np.isnan(block), axis=0)  # all-NaN channels stay NaN without a warning
-        values[i, has_value] = reduce(block[:, has_value], axis=0)
-    return unique, counts, values
+
+def _minmax(values):
+    """Scale every column to [0, 1] across the rows (min -> 0, max -> 1); constant columns become 0, NaN stays NaN."""
+    finite = np.isfinite(values)
+    low = np.min(np.where(finite, values, np.inf), axis=0)
+    high = np.max(np.where(finite, values, -np.inf), axis=0)
+    span = high - low
+    with np.errstate(invalid="ignore"):
+        scaled = (values - low) / np.where(span > 0, span, 1.0)
+    return np.where(np.isnan(values), np.nan, np.where(span > 0, scaled, 0.0))
 
 
 def _zscore(values):
     """Z-score every column across the rows (population std); constant columns become 0, NaN stays NaN."""
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else np.zeros(values.shape[1])
-        std = np.nanstd(values, axis=0)
+        mean = np.where(finite, values, 0.0).sum(axis=0) / np.maximum(n, 1)
+        std = np.sqrt(np.where(finite, (values - mean) ** 2, 0.0).sum(axis=0) / np.maximum(n, 1))
         z = (values - mean) / np.where(std > 0, std, 1.0)
     return np.where(np.isnan(values), np.nan, np.where(std > 0, z, 0.0))
 
 
 def phenotype_heatmap(
-    X, metaclusters, channels=None, *, one_based=True, ax=None, agg="median", zscore=True, title=None, save=None
+    X,
+    metaclusters,
+    channels=None,
+    *,
+    counts=None,
+    names=None,
+    one_based=True,
+    ax=None,
+    agg="median",
+    scale="minmax",
+    title=None,
+    save=None,
 ):
     """Heatmap of the channel intensities of every metacluster: channels x metaclusters.
 
     Every cell is the median (or mean) intensity of one channel over the pixels of one metacluster, by default
-    z-scored per channel across the metaclusters, so every row shows in which metaclusters a marker is high
-    (red) or low (blue), the way pixel-clustering papers show phenotypes.
+    scaled per channel to [0, 1] across the metaclusters, so every row shows in which metaclusters a marker is
+    highest (1) and lowest (0), the way pixel-clustering papers show phenotypes. The unscaled numbers are
+    :func:`~pixelflowsom.metacluster_table`.
 
     Parameters
     ----------
@@ -396,9 +396,18 @@ def phenotype_heatmap(
     metaclusters : array-like of int, shape (n_pixels,)
         Metacluster of every row: **1-based** with 0 for the background (rows left out), as in the label images,
         or 0-based with ``one_based=False`` (as ``PixelFlowSOM.predict`` returns for tables).
-    channels : list of str or None, default=None
+    channels : str, list of str or None, default=None
         Names of the ``n_channels`` channels; ``None`` takes the columns of a DataFrame ``X``, else the column
         positions.
+    counts : array-like of int or None, default=None
+        Pixels of every metacluster in the image(s), shown on the top axis ("pixels in the image(s)"), indexed by
+        **1-based** metacluster id whatever ``one_based`` says: ``counts[k]`` for metacluster ``k``, ``counts[0]``
+        the background (ignored), e.g. ``np.bincount(labels.ravel())`` of the label image (ids beyond its end have
+        0 pixels). A metacluster with pixels in ``counts`` but no row in ``X`` gets a grey column. ``None`` shows
+        the rows of ``X`` per metacluster ("pixels in the sample").
+    names : mapping of int to str or None, default=None
+        Names of metaclusters by 1-based id, e.g. ``{3: "tumour"}``, shown after their id on the bottom axis
+        ("3 tumour").
     one_based : bool, default=True
         Whether ``metaclusters`` are 1-based ids with 0 the background (True) or 0-based (False). The heatmap
         always shows 1-based ids.
@@ -406,10 +415,11 @@ def phenotype_heatmap(
         Axes to draw on; ``None`` makes a new figure sized to the table.
     agg : {"median", "mean"}, default="median"
         Per metacluster statistic of every channel.
-    zscore : bool, default=True
-        Z-score every channel across the metaclusters (subtract the mean of its row and divide by the standard
-        deviation; a constant row becomes 0) and show it with a diverging colormap centred at 0. ``False`` shows
-        the raw statistic with a sequential colormap.
+    scale : {"minmax", "zscore", None}, default="minmax"
+        How every channel (row) is scaled across the metaclusters shown. ``"minmax"``: to [0, 1], the lowest
+        metacluster 0 and the highest 1 (a constant row is 0), with a sequential colormap. ``"zscore"``: subtract
+        the mean of the row and divide by its (population) standard deviation (a constant row is 0), with a
+        diverging colormap centred at 0. ``None``: the raw statistic with a sequential colormap.
     title : str or None, default=None
         Title of the axes; ``None`` describes the statistic.
     save : str, path-like or None, default=None
@@ -424,12 +434,19 @@ def phenotype_heatmap(
     See Also
     --------
     phenotype_heatmap_from_fsom : The same for a ``flowsom.FlowSOM`` object.
+    pixelflowsom.metacluster_table : The same statistics, unscaled, with the pixels of every metacluster.
 
     Notes
     -----
-    The bottom axis names the metaclusters present (1-based ids, boxed in their colour of :func:`metacluster_image`
-    and :func:`som_grid`), the top axis their numbers of pixels. Missing values (a channel that is NaN for all
+    The bottom axis names the metaclusters shown (1-based ids, boxed in their colour of :func:`metacluster_image`
+    and :func:`som_grid`): those with rows in ``X`` and, with ``counts``, those with pixels in the image(s). The top
+    axis gives their numbers of pixels: in the image(s) with ``counts``, else in ``X``, which for a sample of the
+    pixels says little about how much tissue a metacluster covers. Missing values (a channel that is NaN for all
     pixels of a metacluster) are grey.
+
+    The min-max scaling keeps the contrast of every channel whatever the sizes and number of the metaclusters;
+    a z-score depends on how the metaclusters spread around their mean, so one far-off metacluster makes all the
+    others look alike. Neither compares channels with each other: read the unscaled table for that.
 
     Examples
     --------
@@ -437,34 +454,53 @@ def phenotype_heatmap(
     >>> from pixelflowsom import pl
     >>> X = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 4.0], [0.0, 2.0]])
     >>> fig = pl.phenotype_heatmap(X, [1, 1, 2, 2], ["CD3", "CD20"])
+    >>> fig.axes[0].images[0].get_array().tolist()  # medians [2, 0] and [0, 3], scaled per channel
+    [[1.0, 0.0], [0.0, 1.0]]
+    >>> fig = pl.phenotype_heatmap(X, [1, 1, 2, 2], ["CD3", "CD20"], scale="zscore")
     >>> fig.axes[0].images[0].get_array().tolist()
     [[1.0, -1.0], [-1.0, 1.0]]
+
+    With the pixels of the label image on the top axis and named metaclusters on the bottom one:
+
+    >>> labels = np.array([[0, 1, 1], [2, 2, 2]])
+    >>> fig = pl.phenotype_heatmap(
+    ...     X, [1, 1, 2, 2], ["CD3", "CD20"], counts=np.bincount(labels.ravel()), names={1: "T cell"}
+    ... )
+    >>> [tick.get_text() for tick in fig.axes[0].child_axes[0].get_xticklabels()]
+    ['2', '3']
+    >>> [tick.get_text() for tick in fig.axes[0].get_xticklabels()]
+    ['1 T cell', '2']
     """
-    if agg not in ("median", "mean"):
-        raise ValueError(f"agg={agg!r} must be 'median' or 'mean'.")
-    if channels is None and hasattr(X, "columns"):
-        channels = [str(c) for c in X.columns]
-    X = np.asarray(X.compute() if hasattr(X, "compute") else X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2D (n_pixels, n_channels), got shape {X.shape}.")
-    if X.dtype.kind not in "biuf":
-        raise TypeError(f"X must be numeric, got dtype {X.dtype}.")
-    X = X.astype(np.float64, copy=False)
-    ids = _metacluster_ids(metaclusters, X.shape[0], one_based)
-    if channels is None:
-        channels = [str(i) for i in range(X.shape[1])]
-    channels = [channels] if isinstance(channels, str) else [str(c) for c in channels]
-    if len(channels) != X.shape[1]:
-        raise ValueError(f"channels names {len(channels)} channel(s) but X has {X.shape[1]} columns.")
-    if not np.any(ids > 0):
-        raise ValueError(
-            "No row belongs to a metacluster (all ids are 0, the background); with 0-based ids pass one_based=False."
-        )
-    unique, counts, values = _aggregate(X, ids, agg)
-    return _draw_heatmap(unique, counts, values, channels, ax=ax, agg=agg, zscore=zscore, title=title, save=save)
+    scale = _check_scale(scale)
+    names = _check_names(names)
+    X, ids, channels = check_pixels(X, metaclusters, channels, one_based=one_based, agg=agg)
+    counts = check_counts(counts)
+    sizes, values = aggregate(X, ids, agg, n_ids=0 if counts is None else len(counts) - 1)
+    if counts is None:
+        pixels, count_label = sizes, "pixels in the sample"
+    else:
+        pixels = np.zeros(len(sizes), dtype=np.int64)
+        pixels[: len(counts) - 1] = counts[1:]
+        count_label = "pixels in the image(s)"
+    shown = np.flatnonzero((sizes > 0) | (pixels > 0))
+    return _draw_heatmap(
+        shown + 1,
+        pixels[shown],
+        values[shown],
+        channels,
+        ax=ax,
+        agg=agg,
+        scale=scale,
+        title=title,
+        save=save,
+        count_label=count_label,
+        names=names,
+    )
 
 
-def phenotype_heatmap_from_fsom(fsom, *, channels=None, ax=None, agg="median", zscore=True, title=None, save=None):
+def phenotype_heatmap_from_fsom(
+    fsom, *, channels=None, counts=None, names=None, ax=None, agg="median", scale="minmax", title=None, save=None
+):
     """:func:`phenotype_heatmap` of a ``flowsom.FlowSOM`` object: its cells by its metaclusters.
 
     Parameters
@@ -474,11 +510,16 @@ def phenotype_heatmap_from_fsom(fsom, *, channels=None, ax=None, agg="median", z
         and 0-based metaclusters (``.obs["metaclustering"]``, shown 1-based).
     channels : list of str or None, default=None
         Channels to show, by name; ``None`` shows those used for the clustering (all when unknown).
+    counts : array-like of int or None, default=None
+        As in :func:`phenotype_heatmap`: pixels per **1-based** metacluster id, e.g. ``np.bincount`` of the label
+        image; ``None`` shows the cells of ``fsom`` per metacluster.
+    names : mapping of int to str or None, default=None
+        As in :func:`phenotype_heatmap`, by 1-based id.
     ax : matplotlib.axes.Axes or None, default=None
         As in :func:`phenotype_heatmap`.
     agg : {"median", "mean"}, default="median"
         As in :func:`phenotype_heatmap`.
-    zscore : bool, default=True
+    scale : {"minmax", "zscore", None}, default="minmax"
         As in :func:`phenotype_heatmap`.
     title : str or None, default=None
         As in :func:`phenotype_heatmap`.
@@ -505,30 +546,50 @@ def phenotype_heatmap_from_fsom(fsom, *, channels=None, ax=None, agg="median", z
     if not callable(getattr(fsom, "get_cell_data", None)):
         raise TypeError(f"fsom must be a flowsom.FlowSOM object, got {type(fsom).__name__}.")
     cells = fsom.get_cell_data()
-    names = [str(name) for name in cells.var_names]
+    all_channels = [str(name) for name in cells.var_names]
     if channels is None:
         used = cells.var["cols_used"] if "cols_used" in cells.var else None
-        channels = [n for n, u in zip(names, used, strict=True) if u] if used is not None else names
+        channels = [n for n, u in zip(all_channels, used, strict=True) if u] if used is not None else all_channels
     channels = [channels] if isinstance(channels, str) else [str(c) for c in channels]
-    missing = [c for c in channels if c not in names]
+    missing = [c for c in channels if c not in all_channels]
     if missing or not channels:
-        raise ValueError(f"Channel(s) {missing} not found; the FlowSOM object has channels {names}.")
-    columns = [names.index(c) for c in channels]
+        raise ValueError(f"Channel(s) {missing} not found; the FlowSOM object has channels {all_channels}.")
+    columns = [all_channels.index(c) for c in channels]
     X = np.asarray(cells.X)[:, columns]
     metaclusters = np.asarray(cells.obs["metaclustering"]).astype(np.int64)
     return phenotype_heatmap(
-        X, metaclusters, channels, one_based=False, ax=ax, agg=agg, zscore=zscore, title=title, save=save
+        X,
+        metaclusters,
+        channels,
+        counts=counts,
+        names=names,
+        one_based=False,
+        ax=ax,
+        agg=agg,
+        scale=scale,
+        title=title,
+        save=save,
     )
 
 
-def _draw_heatmap(unique, counts, values, channels, *, ax, agg, zscore, title, save):
-    """Draw the channels x metaclusters heatmap of aggregated ``values`` (metaclusters x channels)."""
-    if zscore:
+def _draw_heatmap(unique, counts, values, channels, *, ax, agg, scale, title, save, count_label, names=None):
+    """Draw the channels x metaclusters heatmap of aggregated ``values`` (metaclusters x channels).
+
+    ``unique`` are the 1-based ids of the rows of ``values``, ``counts`` their pixels (labelled ``count_label`` on
+    the top axis), ``names`` a validated ``{id: name}`` (or None).
+    """
+    names = names or {}
+    if scale == "zscore":
         data = _zscore(values).T
         limit = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
         cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
         norm = Normalize(-max(limit, 1e-12), max(limit, 1e-12))
         label = f"{agg} intensity, z-scored per channel"
+    elif scale == "minmax":
+        data = _minmax(values).T
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.8")
+        norm = Normalize(0.0, 1.0)
+        label = f"{agg} intensity, scaled per channel to [0, 1]"
     else:
         data = values.T
         finite = data[np.isfinite(data)]
@@ -536,15 +597,20 @@ def _draw_heatmap(unique, counts, values, channels, *, ax, agg, zscore, title, s
         norm = Normalize(*(finite.min(), finite.max()) if finite.size else (0.0, 1.0))
         label = f"{agg} intensity"
     n_meta, n_channels = len(unique), len(channels)
+    id_labels = [_metacluster_label(k, names) for k in unique]
+    longest_id = max(map(len, id_labels))
     longest = max(len(c) for c in channels)
-    figsize = (max(4.5, 0.36 * n_meta + 0.08 * longest + 2.6), max(3.0, 0.26 * n_channels + 2.3))
+    figsize = (
+        max(4.5, 0.36 * n_meta + 0.08 * longest + 2.6),
+        max(3.0, 0.26 * n_channels + 2.3 + (0.07 * longest_id if longest_id > 3 else 0.0)),
+    )
     fig, ax = _figure_and_axes(ax, figsize)
     image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label=label, shrink=1.0 if n_channels <= 12 else 0.6)
     ax.set_yticks(np.arange(n_channels), labels=channels, fontsize="small" if n_channels > 30 else None)
     ax.set_ylabel("channel")
     positions = np.arange(n_meta)
-    ax.set_xticks(positions, labels=[str(k) for k in unique], fontsize="small")
+    ax.set_xticks(positions, labels=id_labels, fontsize="small", rotation=90 if longest_id > 3 else 0)
     for tick, colour in zip(ax.get_xticklabels(), _metacluster_colors(unique), strict=True):
         tick.set_color(_text_color(colour))
         tick.set_bbox({"facecolor": colour, "edgecolor": "none", "boxstyle": "round,pad=0.2"})
@@ -553,7 +619,7 @@ def _draw_heatmap(unique, counts, values, channels, *, ax, agg, zscore, title, s
     count_labels = [f"{c:,}" for c in counts]
     rotation = 90 if max(map(len, count_labels)) > 5 else 0
     top.set_xticks(positions, labels=count_labels, rotation=rotation, fontsize="x-small")
-    top.set_xlabel("pixels", fontsize="small")
+    top.set_xlabel(count_label, fontsize="small")
     ax.tick_params(length=0)
     ax.set_title(title if title is not None else f"{agg.capitalize()} intensity per metacluster")
     return _finish(fig, save)
@@ -580,7 +646,7 @@ def _som_layout(model):
     return int(model.xdim), int(model.ydim), np.asarray(model.node_metacluster_, dtype=np.int64) + 1, None, "pixels"
 
 
-def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
+def som_grid(model, *, sizes=None, names=None, ax=None, title=None, save=None):
     """Draw the SOM grid: one circle per node, coloured by its metacluster, sized by its pixels when known.
 
     Node ``i`` sits at grid position ``(x, y) = (i // ydim, i % ydim)``, FlowSOM's node order. Colours are those of
@@ -597,6 +663,9 @@ def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
         FlowSOM object's percentages and draws equal circles labelled with their metacluster for a PixelFlowSOM
         (which keeps no counts: pass e.g. ``np.bincount(model.transform(X)[:, 0], minlength=model.xdim *
         model.ydim)``).
+    names : mapping of int to str or None, default=None
+        Names of metaclusters by 1-based id, e.g. ``{3: "tumour"}``, added to their legend entries
+        ("metacluster 3 tumour").
     ax : matplotlib.axes.Axes or None, default=None
         Axes to draw on; ``None`` makes a new figure sized to the grid.
     title : str or None, default=None
@@ -624,6 +693,7 @@ def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
     >>> len(fig.axes[0].collections[0].get_paths())  # one circle per node
     9
     """
+    names = _check_names(names)
     xdim, ydim, node_metacluster, default_sizes, unit = _som_layout(model)
     n_nodes = xdim * ydim
     if node_metacluster.shape != (n_nodes,):
@@ -649,8 +719,9 @@ def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
     gx, gy = nodes // ydim, nodes % ydim
 
     present = np.unique(node_metacluster)
+    entries = [f"metacluster {_metacluster_label(k, names)}" for k in present]
     cell = 0.5 if max(xdim, ydim) <= 16 else 8.0 / max(xdim, ydim)
-    figsize = (max(2.5, cell * xdim) + _legend_width(len(present)) + 1.0, max(2.5, cell * ydim) + 1.2)
+    figsize = (max(2.5, cell * xdim) + _legend_width(entries) + 1.0, max(2.5, cell * ydim) + 1.2)
     fig, ax = _figure_and_axes(ax, figsize)
     circles = PatchCollection(
         [Circle((x, y), r) for x, y, r in zip(gx, gy, radius, strict=True)],
@@ -675,7 +746,7 @@ def som_grid(model, *, sizes=None, ax=None, title=None, save=None):
     if title is None:
         title = f"SOM grid, {xdim} x {ydim} nodes" + (f"\n(area ~ {unit})" if sizes is not None else "")
     ax.set_title(title)
-    _legend(ax, _metacluster_colors(present), [f"metacluster {k}" for k in present])
+    _legend(ax, _metacluster_colors(present), entries)
     return _finish(fig, save)
 
 
