@@ -386,7 +386,7 @@ def _demo(args) -> int:
     sampling += [] if args.n_samples is None else ["--n-samples", str(args.n_samples)]
     cluster_args = build_parser().parse_args(
         ["cluster", str(store), "--image", "tissue", "--n-clusters", str(args.phenotypes), "--seed", str(args.seed)]
-        + [*sampling, "--quiet"]
+        + sampling
     )
     with _computing(cluster_args):
         model, sample, arrays = _train(cluster_args, sdata, store, ["tissue"])
