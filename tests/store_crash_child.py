@@ -1,8 +1,9 @@
-"""Kill ``write_label_stacks`` at chosen steps of its store work (run by tests/test_store.py in a subprocess).
+"""Kill ``write_label_stacks`` or ``relabel_metaclusters`` at chosen steps of its store work (run by test_store.py).
 
 Usage: ``python store_crash_child.py config.json [config.json ...]``. Each config names a pristine store, a work
 folder, an ``.npz`` with the new label stacks, the image and output names, and ``mode`` (``"exchange"``, or
-``"fallback"``: atomic exchange made unavailable, so swaps take two renames).
+``"fallback"``: atomic exchange made unavailable, so swaps take two renames), or ``mode`` ``"relabel"`` with the
+``node_names``, ``metacluster_names`` and ``mapping`` of a ``relabel_metaclusters`` call (swaps by exchange).
 
 Every filesystem mutation of the call (``os.mkdir`` of a missing folder, ``os.replace``, ``os.rename``, ``os.link``,
 ``os.unlink``, ``os.rmdir``, the atomic exchange) is an event, ``"visible"`` if it touches the store outside the
@@ -84,15 +85,20 @@ def _install(crash_at, events):
 def _run(config, store, crash_at, events_file=None):
     if config["mode"] == "fallback":
         _store._exchange_call = lambda: None
-    values = np.load(config["values"])
     sdata = sd.read_zarr(store)
-    stacks = [
-        xr.DataArray(da.from_array(values[name], chunks=(2, *config["chunks"])), dims=("label", "y", "x"))
-        for name in config["images"]
-    ]
     events = []
-    _install(crash_at, events)
-    _store.write_label_stacks(sdata, config["images"], stacks, config["names"])
+    if config["mode"] == "relabel":
+        mapping = np.asarray(config["mapping"])
+        _install(crash_at, events)
+        _store.relabel_metaclusters(sdata, config["node_names"], config["metacluster_names"], mapping)
+    else:
+        values = np.load(config["values"])
+        stacks = [
+            xr.DataArray(da.from_array(values[name], chunks=(2, *config["chunks"])), dims=("label", "y", "x"))
+            for name in config["images"]
+        ]
+        _install(crash_at, events)
+        _store.write_label_stacks(sdata, config["images"], stacks, config["names"])
     if events_file is not None:
         Path(events_file).write_text(json.dumps(events))
 
@@ -124,6 +130,7 @@ def _warm_up():
 
     _collect_entrypoints()
     numcodecs.registry.get_codec({"id": "zstd"})
+    numcodecs.registry.get_codec({"id": "blosc"})  # the codec of relabelled elements
     dask.base.tokenize(np.zeros(3))
     dask.base.tokenize(da.zeros(3))
     xr.backends.list_engines()

@@ -269,8 +269,14 @@ def test_cluster_auto_n_clusters(store, tmp_path, capsys):
     text = capsys.readouterr().out
     model = joblib.load(model_path)
     assert model.n_clusters_ == 4  # the four phenotypes of the synthetic images
-    assert "4 metaclusters (chosen from the data)" in text
+    agreement = model.n_clusters_choice_.stability[4]
+    assert f"4 metaclusters (chosen from the data by the knee rule; {agreement:.0%} of resamples of the SOM" in text
     assert (tmp_path / "sample_pictures" / "n_clusters.png").stat().st_size > 1000
+    # R FlowSOM's elbow by name
+    argv = ["cluster", str(store), "--image", "img1", "--n-clusters", "auto", "--n-clusters-method", "elbow"]
+    assert main([*argv, "--save-model", str(model_path), "--quiet"]) == 0
+    assert joblib.load(model_path).n_clusters_choice_.method == "elbow"
+    assert "by the elbow rule" in capsys.readouterr().out
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
     with pytest.raises(SystemExit) as exc:
         main(["cluster", str(store), "--image", "img1", "--n-clusters", "many"])
@@ -645,3 +651,95 @@ def test_heatmap_scale_option_reaches_the_heatmap(store, monkeypatch):
     assert main(argv) == 0
     assert main([*argv, "--overwrite", "--heatmap-scale", "zscore"]) == 0
     assert seen == ["minmax", "zscore"]
+
+
+# --------------------------------------------------------------------------- relabel
+
+
+def node_and_meta(store, image):
+    labels = sd.read_zarr(store).labels
+    return labels[f"{image}_som_clusters"].values, labels[f"{image}_metaclusters"].values
+
+
+def lookup(mapping, nodes):
+    """The metacluster labels of SOM-node labels under a 1-based node -> metacluster ``mapping`` (0 stays 0)."""
+    lut = np.concatenate([[0], mapping])
+    return lut[nodes]
+
+
+def test_relabel_merges_names_and_exports_pixies_csv(tmp_path, capsys):
+    import joblib
+
+    store = write_store(tmp_path / "sample.zarr", seeds=(0, 1))
+    model_path = tmp_path / "model.joblib"
+    argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "4", "--xdim", "4"]
+    assert main([*argv, "--ydim", "4", "--save-model", str(model_path), "--quiet"]) == 0
+    model = joblib.load(model_path)
+    old = model.node_metacluster_ + 1
+    capsys.readouterr()
+    csv_path = tmp_path / "mapping.csv"
+    argv = ["relabel", str(store), "--image", "img0", "--image", "img1", "--merge", "2", "4", "--name", "2=stroma"]
+    assert main([*argv, "--name", "1=tumour", "--export-mapping", str(csv_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    expected = np.where(old == 4, 2, old)  # 2 and 4 merged into 2; nothing above 4 to renumber
+    assert "Pixels per metacluster: 1 tumour: " in out
+    assert ", 2 stroma: " in out
+    for image in ("img0", "img1"):
+        nodes, metas = node_and_meta(store, image)
+        np.testing.assert_array_equal(metas, lookup(expected, nodes))
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "pixel_som_cluster,pixel_meta_cluster,pixel_meta_cluster_rename"
+    assert rows[1:] == [f"{i + 1},{m},{ {1: 'tumour', 2: 'stroma'}.get(m, str(m)) }" for i, m in enumerate(expected)]
+    assert (tmp_path / "sample_pictures" / "img1_metaclusters.png").stat().st_size > 1000
+    # The store records the new mapping: a second relabel revises it further (3 -> moved node 1 to a new metacluster).
+    assert main(["relabel", str(store), "--image", "img0", "--image", "img1", "--move", "1=4", "--quiet"]) == 0
+    expected[0] = 4
+    for image in ("img0", "img1"):
+        nodes, metas = node_and_meta(store, image)
+        np.testing.assert_array_equal(metas, lookup(expected, nodes))
+
+
+def test_relabel_applies_an_edited_pixie_csv(tmp_path, capsys):
+    store = write_store(tmp_path / "sample.zarr", seeds=(0,))
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--xdim", "3", "--ydim", "3", "--quiet"]
+    assert main(argv) == 0
+    csv_path = tmp_path / "mapping.csv"
+    assert main(["relabel", str(store), "--image", "img0", "--export-mapping", str(csv_path)]) == 0
+    assert "Nothing to change" in capsys.readouterr().out
+    # Edited as in a spreadsheet: every node of metacluster 3 goes to 1, and metacluster 1 is named.
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    edited = [rows[0]] + [[n, "1" if m == "3" else m, "T cells" if m in ("1", "3") else r] for n, m, r in rows[1:]]
+    csv_path.write_text("\n".join(",".join(r) for r in edited) + "\n")
+    assert main(["relabel", str(store), "--image", "img0", "--mapping", str(csv_path), "--quiet"]) == 0
+    expected = np.array([int(m) for _, m, _ in edited[1:]])
+    nodes, metas = node_and_meta(store, "img0")
+    np.testing.assert_array_equal(metas, lookup(expected, nodes))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--merge", "1", "9"], "Metacluster 9 to merge has no SOM node; the metaclusters are [1, 2, 3]"),
+        (["--move", "10=1"], "SOM node 10 is not a valid id; ids are 1..9"),
+        (["--move", "3"], "--move '3' must be ID=ID, e.g. --move 12=3"),
+        (["--name", "7=x"], "names: metacluster 7 does not exist after the revision"),
+        (["--mapping", "WRONG"], "they have 9 SOM nodes (1..9); the file misses nodes [5, 6, 7, 8, 9]"),
+        (["--mapping", "MISSING"], "does not exist"),
+    ],
+)
+def test_relabel_errors_exit_2_and_leave_the_store(tmp_path, extra, message, capsys):
+    store = write_store(tmp_path / "sample.zarr", seeds=(0,))
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--xdim", "3", "--ydim", "3", "--quiet"]
+    assert main(argv) == 0
+    wrong = tmp_path / "wrong.csv"  # a mapping of another store: 4 nodes
+    wrong.write_text("pixel_som_cluster,pixel_meta_cluster\n1,1\n2,1\n3,2\n4,2\n")
+    extra = [str(wrong) if e == "WRONG" else str(tmp_path / "none.csv") if e == "MISSING" else e for e in extra]
+    capsys.readouterr()
+    before = snapshot(store)
+    with pytest.raises(SystemExit) as exc:
+        main(["relabel", str(store), "--image", "img0", *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1
+    assert snapshot(store) == before

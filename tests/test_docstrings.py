@@ -10,6 +10,7 @@ MODULES = [
     "pixelflowsom._importing",
     "pixelflowsom._metacluster",
     "pixelflowsom._preprocessing",
+    "pixelflowsom._revising",
     "pixelflowsom._tables",
     "pixelflowsom.pl",
 ]

@@ -307,7 +307,7 @@ def test_auto_n_clusters(blobs):
     assert model.n_clusters_ == 4  # four well separated blobs
     choice = model.n_clusters_choice_
     assert choice.n_clusters == 4
-    assert choice.method == "elbow"
+    assert choice.method == "knee"
     assert list(choice.criterion.index) == list(range(1, 11))
     np.testing.assert_array_equal(choice.labels, model.node_metacluster_)
     assert adjusted_rand_score(y, model.labels_) == 1.0
@@ -316,8 +316,18 @@ def test_auto_n_clusters(blobs):
     assert fixed.n_clusters_choice_ is None
     consensus = small_model(n_clusters="auto", metaclustering=ConsensusClustering(n_resamples=20)).fit(X)
     assert consensus.n_clusters_ == 4
-    assert consensus.n_clusters_choice_.method == "delta_area"
+    assert consensus.n_clusters_choice_.method == "knee"
     np.testing.assert_array_equal(consensus.n_clusters_choice_.labels, consensus.node_metacluster_)
+    # R FlowSOM's elbow and ConsensusClusterPlus's delta area, by name
+    elbow = small_model(n_clusters="auto", max_clusters=10, n_clusters_method="elbow").fit(X)
+    assert elbow.n_clusters_choice_.method == "elbow"
+    assert elbow.n_clusters_ == 4
+    delta = small_model(
+        n_clusters="auto", n_clusters_method="delta_area", metaclustering=ConsensusClustering(n_resamples=20)
+    ).fit(X)
+    assert delta.n_clusters_choice_.method == "delta_area"
+    with pytest.raises(ValueError, match='n_clusters_method="delta_area" needs metaclustering=ConsensusClustering'):
+        small_model(n_clusters="auto", n_clusters_method="delta_area").fit(X)
 
 
 # --------------------------------------------------------------------------- check_input, channel_percentiles_

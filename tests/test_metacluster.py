@@ -14,6 +14,8 @@ from pixelflowsom._metacluster import (
     _first_below,
     _first_minimum,
     _flowsom_smooth,
+    _knee,
+    _tree_wss,
     _two_line_residuals,
     _within_cluster_sum_of_squares,
     choose_n_clusters,
@@ -177,7 +179,7 @@ def separated_codes(seed=0):
 
 def test_elbow_of_the_default_metaclustering():
     codes = separated_codes()
-    choice = choose_n_clusters(codes, max_clusters=12)
+    choice = choose_n_clusters(codes, max_clusters=12, method="elbow")
     assert choice.method == "elbow"
     assert choice.n_clusters == 6
     assert choice.cdf == {}
@@ -193,19 +195,21 @@ def test_elbow_of_the_default_metaclustering():
     )
     assert choice.labels.dtype == np.int64
     # the same as passing flowsom's default explicitly, and the same as R's two steps on the WSS column
-    again = choose_n_clusters(codes, default_metaclustering(), max_clusters=12)
+    again = choose_n_clusters(codes, default_metaclustering(), max_clusters=12, method="elbow")
     pd.testing.assert_frame_equal(again.criterion, choice.criterion)
     smoothed = _flowsom_smooth(choice.criterion["wss"].to_numpy(), 0.2)
     np.testing.assert_allclose(choice.criterion["wss_smoothed"], smoothed)
     # a distance threshold is cleared: n_clusters is what varies
     threshold = AgglomerativeClustering(n_clusters=None, distance_threshold=1.0, linkage="average")
-    pd.testing.assert_frame_equal(choose_n_clusters(codes, threshold, max_clusters=12).criterion, choice.criterion)
+    pd.testing.assert_frame_equal(
+        choose_n_clusters(codes, threshold, max_clusters=12, method="elbow").criterion, choice.criterion
+    )
 
 
 def test_elbow_with_kmeans_is_seeded_by_random_state():
     codes = separated_codes(1)
-    a = choose_n_clusters(codes, KMeans(n_init=3), max_clusters=10, random_state=4)
-    b = choose_n_clusters(codes, KMeans(n_init=3), max_clusters=10, random_state=4)
+    a = choose_n_clusters(codes, KMeans(n_init=3), max_clusters=10, method="elbow", random_state=4)
+    b = choose_n_clusters(codes, KMeans(n_init=3), max_clusters=10, method="elbow", random_state=4)
     pd.testing.assert_frame_equal(a.criterion, b.criterion)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert a.n_clusters == 6
@@ -219,7 +223,8 @@ def test_consensus_cdf_and_delta_area_by_hand():
     # close pair always stays together: 2 of the 6 pairs have consensus 1, 4 have 0 -> F(x) = 4/6 below 1, F(1) = 1,
     # area = 0.99 * 4/6 + 0.01. Cut into 3, the 3 rows are apart: all consensus 0, F = 1, area 1.
     codes = np.array([[0.0], [0.1], [5.0], [5.1]])
-    choice = choose_n_clusters(codes, ConsensusClustering(n_resamples=8, random_state=0), max_clusters=3)
+    model = ConsensusClustering(n_resamples=8, random_state=0)
+    choice = choose_n_clusters(codes, model, max_clusters=3, method="delta_area")
     area2 = 0.99 * 4 / 6 + 0.01
     assert choice.method == "delta_area"
     np.testing.assert_allclose(choice.criterion["cdf_area"], [np.nan, area2, 1.0])
@@ -230,9 +235,7 @@ def test_consensus_cdf_and_delta_area_by_hand():
     np.testing.assert_allclose(cdf, np.r_[np.full(100, 4 / 6), 1.0])
     assert choice.n_clusters == 3  # the area still grows by 49 % at k = 3, the largest k tried
     # pixel weights: the pair (2, 3) weighs 3 * 3 of the 1 + 3 + 3 + 3 + 3 + 9 = 22 -> F below 1 is 12/22
-    weighted = choose_n_clusters(
-        codes, ConsensusClustering(n_resamples=8, random_state=0), max_clusters=3, sample_weight=[1, 1, 3, 3]
-    )
+    weighted = choose_n_clusters(codes, model, max_clusters=3, method="delta_area", sample_weight=[1, 1, 3, 3])
     np.testing.assert_allclose(weighted.cdf[2][1][:100], 12 / 22)
 
 
@@ -240,7 +243,7 @@ def test_consensus_criterion_matches_consensus_clustering_at_every_k():
     codes, _ = make_blobs(n=40, p=3, n_centers=4, spread=0.6, seed=5)
     weight = np.random.default_rng(0).integers(0, 50, size=40).astype(float)
     model = ConsensusClustering(n_resamples=12, random_state=11)
-    choice = choose_n_clusters(codes, model, max_clusters=7, sample_weight=weight)
+    choice = choose_n_clusters(codes, model, max_clusters=7, method="delta_area", sample_weight=weight)
     for k in range(2, 8):
         reference = ConsensusClustering(n_clusters=k, n_resamples=12, random_state=11).fit(codes).consensus_
         area, cdf = loop_cdf_area(reference, weight)
@@ -316,7 +319,9 @@ def test_small_and_full_ranges(max_clusters):
         ({"max_clusters": 2.5}, ValueError, r"max_clusters=2.5 must be an integer"),
         ({"max_clusters": True}, ValueError, r"max_clusters=True must be an integer"),
         ({"max_clusters": "5"}, ValueError, r"max_clusters='5' must be an integer"),
-        ({"max_clusters": 5, "method": "gap"}, ValueError, r"method='gap' must be 'auto', 'elbow' or 'delta_area'"),
+        ({"max_clusters": 5, "method": "gap"}, ValueError, r"method='gap' must be 'auto', 'knee', 'elbow' or 'delta"),
+        ({"max_clusters": 5, "n_resamples": -1}, ValueError, r"n_resamples=-1 must be a non-negative integer"),
+        ({"max_clusters": 5, "n_resamples": 2.0}, ValueError, r"n_resamples=2.0 must be a non-negative integer"),
         ({"max_clusters": 5, "method": "delta_area"}, ValueError, r"needs a ConsensusClustering.*AgglomerativeCl"),
         ({"max_clusters": 5, "metaclustering": DBSCAN()}, TypeError, r"DBSCAN\(\) has no n_clusters parameter"),
         ({"max_clusters": 5, "metaclustering": KMeans}, TypeError, r"must be None, a ConsensusClustering or"),
@@ -349,12 +354,19 @@ def test_choose_n_clusters_bad_codes(codes, match):
 
 
 def test_cost_is_on_the_nodes_only():
-    # 100 codes x 40 channels, max_clusters 20 (the budget of the brief: well under 0.5 s each; measured ~30 / ~170 ms)
+    # 100 codes x 40 channels, max_clusters 20: the knee with 20 resamples of stability ~10 ms (a fit of 100k pixels
+    # takes ~0.5 s), the elbow too, the consensus delta area ~170 ms. Generous bounds: the test machine is shared.
     codes = np.random.default_rng(0).normal(size=(100, 40))
-    for model in (None, ConsensusClustering(random_state=0)):
+    weight = np.random.default_rng(1).integers(0, 300, size=100)
+    for model, method, bound in (
+        (None, "knee", 0.5),
+        (None, "elbow", 0.5),
+        (ConsensusClustering(random_state=0), "delta_area", 2.0),
+    ):
+        choose_n_clusters(codes, model, max_clusters=20, method=method, sample_weight=weight)  # warm (imports)
         start = time.perf_counter()
-        choose_n_clusters(codes, model, max_clusters=20)
-        assert time.perf_counter() - start < 2.0  # generous: the test machine is shared
+        choose_n_clusters(codes, model, max_clusters=20, method=method, sample_weight=weight)
+        assert time.perf_counter() - start < bound
 
 
 # ---------------------------------------------------------------------------------------------- synthetic images
@@ -381,10 +393,16 @@ def synthetic_codes():
     return out
 
 
-def chosen(synthetic_codes, model, weighted):
+def chosen(synthetic_codes, model, weighted, method):
     return {
         key: choose_n_clusters(
-            codes, model, max_clusters=20, sample_weight=counts if weighted else None, random_state=key[1]
+            codes,
+            model,
+            max_clusters=20,
+            method=method,
+            sample_weight=counts if weighted else None,
+            random_state=key[1],
+            n_resamples=0,
         ).n_clusters
         for key, (codes, counts) in synthetic_codes.items()
     }
@@ -398,8 +416,8 @@ def test_synthetic_elbow(synthetic_codes):
     # they make up small clusters of their own. And R's two-line fit with absolute residuals leans to small k when the
     # curve falls steeply and convexly for long, as with 8 phenotypes: it under-calls by one or two (never over).
     # For seeds 0 and 1 of 8 phenotypes, average linkage needs k = 9 to separate the phenotypes at all.
-    unweighted = chosen(synthetic_codes, None, weighted=False)
-    weighted = chosen(synthetic_codes, None, weighted=True)
+    unweighted = chosen(synthetic_codes, None, weighted=False, method="elbow")
+    weighted = chosen(synthetic_codes, None, weighted=True, method="elbow")
     exact_u = sum(k == key[0] for key, k in unweighted.items())
     exact_w = sum(k == key[0] for key, k in weighted.items())
     assert all(weighted[n, seed] == n for n in (4, 6) for seed in range(5))
@@ -416,8 +434,8 @@ def test_synthetic_consensus_delta_area(synthetic_codes):
     # dimmer cells), stably, each adding more than 2 % of the area (3.2, 2.8, 5.1 % at k = 5, 6, 7); for 8
     # phenotypes, see the elbow test (seeds 0 and 1 need k = 9 to separate the phenotypes).
     model = ConsensusClustering(n_resamples=100)
-    unweighted = chosen(synthetic_codes, model, weighted=False)
-    weighted = chosen(synthetic_codes, model, weighted=True)
+    unweighted = chosen(synthetic_codes, model, weighted=False, method="delta_area")
+    weighted = chosen(synthetic_codes, model, weighted=True, method="delta_area")
     exact_u = sum(k == key[0] for key, k in unweighted.items())
     exact_w = sum(k == key[0] for key, k in weighted.items())
     assert all(weighted[6, seed] == 6 for seed in range(5))
@@ -425,3 +443,194 @@ def test_synthetic_consensus_delta_area(synthetic_codes):
     assert all(abs(weighted[8, seed] - 8) <= 1 for seed in range(5))
     assert exact_w >= 12
     assert exact_w > exact_u >= 8
+
+
+def test_synthetic_knee(synthetic_codes):
+    # Measured as above (the fixture's 15 images), chosen k for seeds 0..4, pixel-weighted (as PixelFlowSOM runs it):
+    #   knee: 4 -> [4, 4, 4, 4, 4]; 6 -> [6, 6, 6, 6, 6]; 8 -> [9, 9, 8, 8, 8]   (13 / 15 exact)
+    # The two "misses" are seeds 0 and 1 of 8 phenotypes, where average linkage needs k = 9 to separate the phenotypes
+    # at all (see test_synthetic_elbow): the knee chooses the k that recovers them. Unweighted, the knee is misled by
+    # the empty nodes (4 -> [7, 6, 6, 5, 4]): the weights are what makes it work.
+    weighted = chosen(synthetic_codes, None, weighted=True, method="knee")
+    assert all(weighted[n, seed] == n for n in (4, 6) for seed in range(5))
+    assert [weighted[8, seed] for seed in range(5)] == [9, 9, 8, 8, 8]
+    assert weighted == chosen(synthetic_codes, None, weighted=True, method="auto")
+    # better than the elbow on the same codes (12 / 15)
+    elbow = chosen(synthetic_codes, None, weighted=True, method="elbow")
+    assert sum(k == key[0] for key, k in weighted.items()) > sum(k == key[0] for key, k in elbow.items())
+
+
+# ---------------------------------------------------------------------------------------------- the knee
+
+
+def knee_reference(wss):
+    """Kneedle on log(wss), written out: the first k in 2 .. K - 1 farthest below the chord of the scaled curve."""
+    wss = np.asarray(wss, dtype=float)
+    y = np.log(wss + 1e-9 * wss[0])
+    x = (np.arange(1, len(y) + 1) - 1) / (len(y) - 1)
+    scaled = (y - y[-1]) / (y[0] - y[-1])
+    distance = (1 - x) - scaled
+    best = max(range(1, len(y) - 1), key=lambda i: (distance[i], -i))
+    return best + 1, y, distance
+
+
+@pytest.mark.parametrize("corner", [2, 4, 7])
+def test_knee_of_a_curve_falling_steeply_then_slowly_is_its_corner(corner):
+    k = np.arange(1, 13)
+    log_wss = np.where(k <= corner, 10.0 - 2.0 * (k - 1), 10.0 - 2.0 * (corner - 1) - 0.1 * (k - corner))
+    chosen, columns = _knee(np.exp(log_wss))
+    assert chosen == corner
+    expected_k, y, distance = knee_reference(np.exp(log_wss))
+    assert expected_k == corner
+    np.testing.assert_allclose(columns["log_wss"], y)
+    np.testing.assert_allclose(columns["knee_distance"], distance, atol=1e-12)
+    assert columns["knee_distance"][0] == 0.0
+    assert columns["knee_distance"][-1] == 0.0
+
+
+def test_knee_edge_cases():
+    # two or three values: the only inner k (2)
+    assert _knee([5.0, 1.0])[0] == 2
+    assert _knee([5.0, 1.0, 0.5])[0] == 2
+    # a flat or rising curve has no knee: distance 0 everywhere, k = 2
+    k, columns = _knee([3.0, 3.0, 3.0, 3.0])
+    assert k == 2
+    np.testing.assert_array_equal(columns["knee_distance"], 0.0)
+    assert _knee([0.0, 0.0, 0.0])[0] == 2
+    # a partition without scatter left (WSS 0 from k = 4 on) is a deep knee: the floor keeps the logarithm finite
+    k, columns = _knee([100.0, 60.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert k == 4
+    assert np.all(np.isfinite(columns["log_wss"]))
+
+
+def test_tree_wss_equals_the_wss_of_every_cut():
+    rng = np.random.default_rng(3)
+    codes = rng.normal(size=(40, 4)) + np.repeat(np.eye(4)[:, :4] * 3, 10, axis=0)
+    weight = rng.integers(0, 20, size=40).astype(float)
+    weight[:5] = 0  # nodes without pixels
+    for linkage in ("average", "ward", "complete", "single"):
+        children = AgglomerativeClustering(n_clusters=2, linkage=linkage, compute_full_tree=True).fit(codes).children_
+        wss = _tree_wss(children, codes, weight, 12)
+        for k in range(1, 13):
+            labels = np.zeros(40, int) if k == 1 else AgglomerativeClustering(k, linkage=linkage).fit_predict(codes)
+            assert wss[k - 1] == pytest.approx(loop_wss(codes, labels, weight), rel=1e-10, abs=1e-10)
+    # every code its own cluster: no scatter
+    children = AgglomerativeClustering(n_clusters=2, compute_full_tree=True).fit(codes).children_
+    assert _tree_wss(children, codes, weight, 40)[-1] == pytest.approx(0.0, abs=1e-20)
+
+
+def test_knee_of_the_default_metaclustering():
+    codes = separated_codes()
+    weight = np.random.default_rng(0).integers(1, 200, size=100)
+    choice = choose_n_clusters(codes, max_clusters=12, sample_weight=weight)
+    assert choice.method == "knee"
+    assert choice.n_clusters == 6
+    assert list(choice.criterion.columns) == ["wss", "log_wss", "knee_distance"]
+    np.testing.assert_array_equal(choice.criterion.index, np.arange(1, 13))
+    for k in (1, 3, 6, 12):
+        labels = np.zeros(100, int) if k == 1 else AgglomerativeClustering(k, linkage="average").fit_predict(codes)
+        assert choice.criterion.loc[k, "wss"] == pytest.approx(loop_wss(codes, labels, weight), rel=1e-10)
+    k, y, distance = knee_reference(choice.criterion["wss"])
+    assert k == 6
+    np.testing.assert_allclose(choice.criterion["log_wss"], y)
+    np.testing.assert_allclose(choice.criterion["knee_distance"], distance, atol=1e-12)
+    np.testing.assert_array_equal(
+        choice.labels, AgglomerativeClustering(6, linkage="average").fit_predict(codes).astype(np.int64)
+    )
+    assert choice.cdf == {}
+    # the default metaclustering passed explicitly and method="knee" by name are the same
+    again = choose_n_clusters(codes, default_metaclustering(), max_clusters=12, method="knee", sample_weight=weight)
+    pd.testing.assert_frame_equal(again.criterion, choice.criterion)
+    pd.testing.assert_series_equal(again.stability, choice.stability)
+
+
+def test_knee_uses_the_pixel_weights():
+    # Three groups of codes plus a fourth group of six nodes that no pixel maps to (between the groups, as the SOM
+    # leaves them): unweighted, the empty nodes make a cluster of their own; weighted, they count for nothing.
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [2.0, 2.0]])
+    codes = np.repeat(centres, [20, 20, 20, 6], axis=0) + rng.normal(0, 0.2, size=(66, 2))
+    weight = np.r_[np.full(60, 50.0), np.zeros(6)]
+    assert choose_n_clusters(codes, max_clusters=10).n_clusters == 4
+    weighted = choose_n_clusters(codes, max_clusters=10, sample_weight=weight)
+    assert weighted.n_clusters == 3
+    assert np.bincount(weighted.labels[:60]).tolist() == [20, 20, 20]
+
+
+def test_knee_with_other_metaclusterings():
+    codes = separated_codes(1)
+    km = choose_n_clusters(codes, KMeans(n_init=3), max_clusters=10, random_state=4)
+    assert (km.method, km.n_clusters) == ("knee", 6)
+    seed = np.random.RandomState(4).randint(np.iinfo(np.int32).max)
+    assert km.criterion.loc[6, "wss"] == pytest.approx(
+        KMeans(n_clusters=6, n_init=3, random_state=seed).fit(codes).inertia_
+    )
+    assert km.stability is None  # re-clustering resamples would cost n_resamples * max_clusters fits
+    consensus = choose_n_clusters(
+        codes[::2], ConsensusClustering(n_resamples=10, random_state=3), max_clusters=9, sample_weight=np.ones(50)
+    )
+    assert consensus.method == "knee"
+    assert consensus.n_clusters == 6
+    assert set(consensus.criterion.columns) == {"cdf_area", "delta_area", "pac", "wss", "log_wss", "knee_distance"}
+    for k in (2, 6, 9):
+        labels = ConsensusClustering(n_clusters=k, n_resamples=10, random_state=3).fit_predict(codes[::2])
+        assert consensus.criterion.loc[k, "wss"] == pytest.approx(loop_wss(codes[::2], labels))
+    assert consensus.stability is None
+    assert len(consensus.cdf) == 8
+
+
+# ---------------------------------------------------------------------------------------------- stability
+
+
+def stability_reference(codes, weight, max_clusters, n_resamples, seed, rule):
+    """Resample 90 % of the codes, cluster with sklearn at every k, apply the rule to the loop WSS, count."""
+    rs = np.random.RandomState(seed)
+    n = len(codes)
+    size = max(max_clusters, int(0.9 * n))
+    counts = np.zeros(max_clusters + 1)
+    for _ in range(n_resamples):
+        idx = np.sort(rs.permutation(n)[:size])
+        sub, w = codes[idx], weight[idx]
+        wss = [loop_wss(sub, np.zeros(size, int), w)] + [
+            loop_wss(sub, AgglomerativeClustering(k, linkage="average").fit_predict(sub), w)
+            for k in range(2, max_clusters + 1)
+        ]
+        counts[rule(np.array(wss))] += 1
+    return counts[1:] / n_resamples
+
+
+def test_stability_matches_a_reference():
+    codes = separated_codes(7)[::2] + np.random.default_rng(2).normal(0, 0.6, size=(50, 40))
+    weight = np.random.default_rng(3).integers(0, 40, size=50).astype(float)
+    knee = choose_n_clusters(codes, max_clusters=10, sample_weight=weight, n_resamples=12, random_state=3)
+    expected = stability_reference(codes, weight, 10, 12, 3, lambda wss: knee_reference(wss)[0])
+    assert knee.stability.name == "stability"
+    assert knee.stability.index.name == "k"
+    np.testing.assert_array_equal(knee.stability.index, np.arange(1, 11))
+    np.testing.assert_allclose(knee.stability.to_numpy(), expected)
+    assert knee.stability.sum() == pytest.approx(1.0)
+
+    def elbow_rule(wss):
+        return _first_minimum(_two_line_residuals(_flowsom_smooth(wss, 0.2)))
+
+    elbow = choose_n_clusters(
+        codes, max_clusters=10, method="elbow", sample_weight=weight, n_resamples=12, random_state=3
+    )
+    np.testing.assert_allclose(elbow.stability.to_numpy(), stability_reference(codes, weight, 10, 12, 3, elbow_rule))
+
+
+def test_stability_is_seeded_and_absent_when_not_computed():
+    codes = separated_codes(8)[::2]
+    a = choose_n_clusters(codes, max_clusters=8)
+    b = choose_n_clusters(codes, max_clusters=8, random_state=0)  # None draws the resamples with seed 0
+    pd.testing.assert_series_equal(a.stability, b.stability)
+    assert a.stability[a.n_clusters] >= 0.9  # six well separated groups: (nearly) every resample agrees
+    assert choose_n_clusters(codes, max_clusters=8, n_resamples=0).stability is None
+    assert choose_n_clusters(codes, KMeans(n_init=2), max_clusters=8).stability is None
+    consensus = ConsensusClustering(n_resamples=5, random_state=0)
+    assert choose_n_clusters(codes, consensus, max_clusters=8, method="delta_area").stability is None
+    connected = AgglomerativeClustering(linkage="average", connectivity=np.ones((50, 50)))
+    assert choose_n_clusters(codes, connected, max_clusters=8).stability is None
+    # all codes in every resample (max_clusters = n_codes): every resample is the data itself
+    full = choose_n_clusters(codes[:12], max_clusters=12)
+    assert full.stability[full.n_clusters] == 1.0

@@ -30,24 +30,68 @@ def codes():
 
 
 @pytest.fixture(scope="module")
-def elbow():
+def knee():
     return choose_n_clusters(codes(), max_clusters=10)
 
 
 @pytest.fixture(scope="module")
+def elbow():
+    return choose_n_clusters(codes(), max_clusters=10, method="elbow")
+
+
+@pytest.fixture(scope="module")
 def consensus():
-    return choose_n_clusters(codes(), ConsensusClustering(n_resamples=20, random_state=0), max_clusters=10)
+    model = ConsensusClustering(n_resamples=20, random_state=0)
+    return choose_n_clusters(codes(), model, max_clusters=10, method="delta_area")
 
 
 def texts(ax):
     return [t.get_text() for t in ax.texts]
 
 
+def stability_bars(ax):
+    return {int(round(p.get_x() + p.get_width() / 2)): p for p in ax.patches}
+
+
+def test_knee_picture(knee, tmp_path):
+    assert (knee.method, knee.n_clusters) == ("knee", 4)
+    fig = pl.n_clusters_criterion(knee, save=tmp_path / "knee.png")
+    assert len(fig.axes) == 2  # criterion, stability
+    ax, stability_ax = fig.axes
+    assert ax.get_title() == "Knee of the log within-cluster sum of squares: k = 4"
+    assert ax.get_yscale() == "log"
+    assert ax.get_ylabel() == "within-cluster sum of squares (log scale)"
+    x, y = ax.lines[0].get_data()
+    np.testing.assert_array_equal(x, np.arange(1, 11))
+    np.testing.assert_allclose(y, np.exp(knee.criterion["log_wss"]))
+    np.testing.assert_allclose(y, knee.criterion["wss"], rtol=1e-6)
+    # the straight line between the ends (straight on the log axis), and the distance at k = 4 down to it
+    chord = ax.lines[1]
+    np.testing.assert_array_equal(chord.get_xdata(), [1, 10])
+    np.testing.assert_allclose(chord.get_ydata(), y[[0, -1]])
+    gap = ax.lines[2]
+    np.testing.assert_array_equal(gap.get_xdata(), [4, 4])
+    log_y = np.log(y)
+    np.testing.assert_allclose(gap.get_ydata(), [y[3], np.exp(log_y[0] + (log_y[-1] - log_y[0]) * 3 / 9)])
+    assert texts(ax) == ["k = 4"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["WSS (pixel-weighted)", "line from first to last k", "knee: farthest below the line"]
+    # stability: one bar per k, the height the fraction of resamples choosing it, the chosen one red
+    bars = stability_bars(stability_ax)
+    assert sorted(bars) == list(range(1, 11))
+    np.testing.assert_allclose([bars[k].get_height() for k in range(1, 11)], knee.stability.to_numpy())
+    assert bars[4].get_facecolor() == matplotlib.colors.to_rgba("tab:red")
+    assert bars[3].get_facecolor() == matplotlib.colors.to_rgba("0.6")
+    assert stability_ax.get_title() == f"Stability: {100 * knee.stability[4]:.0f} % of the resamples choose k = 4"
+    assert stability_ax.get_ylabel() == "fraction of resamples choosing k"
+    assert (tmp_path / "knee.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_elbow_picture(elbow, tmp_path):
     assert elbow.n_clusters == 4
     fig = pl.n_clusters_criterion(elbow, save=tmp_path / "elbow.png")
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == 1
+    assert len(fig.axes) == 2  # criterion, stability
     ax = fig.axes[0]
     assert ax.get_title() == "Elbow of the within-cluster sum of squares: k = 4"
     assert ax.get_xlabel() == "number of metaclusters k"
@@ -64,6 +108,11 @@ def test_elbow_picture(elbow, tmp_path):
     path = tmp_path / "elbow.png"
     assert path.stat().st_size > 1000
     assert path.read_bytes()[:8] == PNG_MAGIC
+    bars = stability_bars(fig.axes[1])
+    np.testing.assert_allclose([bars[k].get_height() for k in range(1, 11)], elbow.stability.to_numpy())
+    # a choice without stability (n_resamples=0, or pickled before it existed) draws the criterion alone
+    alone = pl.n_clusters_criterion(dataclasses.replace(elbow, stability=None))
+    assert len(alone.axes) == 1
 
 
 def test_consensus_picture_has_the_cdf_panel(consensus):
@@ -89,7 +138,7 @@ def test_consensus_picture_has_the_cdf_panel(consensus):
     assert fig.axes[2].get_ylabel() == "k"
 
 
-def test_given_axes(elbow, consensus):
+def test_given_axes(knee, elbow, consensus):
     fig, ax = plt.subplots()
     assert pl.n_clusters_criterion(consensus, ax=ax, title="mine") is fig
     assert len(fig.axes) == 1  # one Axes: the criterion only
@@ -98,25 +147,30 @@ def test_given_axes(elbow, consensus):
     assert pl.n_clusters_criterion(consensus, ax=axes) is fig
     assert len(axes[1].lines) == 9
     fig, axes = plt.subplots(1, 2)
-    with pytest.raises(ValueError, match="no consensus CDF curves"):
+    assert pl.n_clusters_criterion(knee, ax=list(axes)) is fig
+    assert len(axes[1].patches) == 10  # the stability bars
+    fig, axes = plt.subplots(1, 3)
+    with pytest.raises(ValueError, match=r"ax holds 3 Axes but this choice draws 2: the criterion and the stability"):
         pl.n_clusters_criterion(elbow, ax=list(axes))
     sub = plt.figure().subfigures(1, 2)[0].subplots()
     assert pl.n_clusters_criterion(elbow, ax=sub) is sub.figure.figure
 
 
-def test_consensus_elbow_draws_the_wss_and_the_cdf():
-    choice = choose_n_clusters(
-        codes(), ConsensusClustering(n_resamples=10, random_state=0), max_clusters=8, method="elbow"
-    )
-    fig = pl.n_clusters_criterion(choice)
-    assert fig.axes[0].get_title().startswith("Elbow")
-    assert len(fig.axes[1].lines) == 7
+def test_consensus_elbow_and_knee_draw_the_wss_and_the_cdf():
+    model = ConsensusClustering(n_resamples=10, random_state=0)
+    for method, title in (("elbow", "Elbow"), ("knee", "Knee")):
+        choice = choose_n_clusters(codes(), model, max_clusters=8, method=method)
+        fig = pl.n_clusters_criterion(choice)
+        assert fig.axes[0].get_title().startswith(title)
+        assert len(fig.axes) == 3  # criterion, CDF and its colorbar: a consensus has no stability
+        assert len(fig.axes[1].lines) == 7
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"ax": "left"}, TypeError, "ax='left' must be None, a matplotlib Axes or a sequence of two Axes"),
+        ({"ax": "left"}, TypeError, "ax='left' must be None, a matplotlib Axes or a sequence of Axes"),
+        ({"ax": []}, TypeError, r"ax=\[\] must be None, a matplotlib Axes or a sequence of Axes"),
         ({"save": 3}, TypeError, "save=3 must be a file path"),
     ],
 )

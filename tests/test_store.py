@@ -18,9 +18,22 @@ from spatialdata.models import Image2DModel, Image3DModel, Labels2DModel, Labels
 from spatialdata.transformations import Scale, get_transformation, set_transformation
 
 from pixelflowsom import _store
-from pixelflowsom._store import check_output_names, remove_leftovers, scheduler, write_label_stacks
+from pixelflowsom._store import (
+    check_output_names,
+    read_label_attrs,
+    relabel_metaclusters,
+    remove_leftovers,
+    scheduler,
+    write_label_stacks,
+)
 
 SHAPE_2D, SHAPE_3D = (32, 40), (4, 16, 20)
+N_NODES = 30  # SOM nodes of the relabelling tests
+
+
+def _lut(mapping):
+    """The numpy reference of a relabelling: ``lut[node]``, 0 for unlabelled pixels."""
+    return np.concatenate([[0], np.asarray(mapping)])
 
 
 def _images(n, ndim=2, seed=0):
@@ -238,17 +251,18 @@ def test_backed_write_then_overwrite(tmp_path, ndim, scale_factors):
         assert sorted(listed) == sorted(n for pair in _names(2) for n in pair)
 
 
-def test_backed_metadata_is_what_write_element_writes(tmp_path):
+@pytest.mark.parametrize("scale_factors", [None, [2]])
+def test_backed_metadata_is_what_write_element_writes(tmp_path, scale_factors):
     images = _images(1)
     ours = _backed(tmp_path, images, name="ours.zarr")
     values = _values(1)
-    write_label_stacks(ours, ["im0"], _lazy(values), [("c", "m")], scale_factors=[2])
+    write_label_stacks(ours, ["im0"], _lazy(values), [("c", "m")], scale_factors=scale_factors)
     theirs = _backed(tmp_path, images, name="theirs.zarr")
     theirs.labels["c"] = Labels2DModel.parse(
         da.from_array(values["im0"][0], chunks=8),
         dims=("y", "x"),
         transformations=get_transformation(images["im0"], get_all=True),
-        scale_factors=[2],
+        scale_factors=scale_factors,
     )
     theirs.write_element("c")
     ours_files = {p.relative_to(ours.path): p for p in (Path(ours.path) / "labels" / "c").rglob("*") if p.is_file()}
@@ -469,6 +483,275 @@ def test_swaps_without_atomic_exchange(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# relabel_metaclusters, read_label_attrs
+
+
+def _node_values(n, ndim=2, seed=3, n_nodes=N_NODES):
+    """Known SOM-node labels (0 = unlabelled) of images ``im0..``: the independent expectation's input."""
+    rng = np.random.default_rng(seed)
+    shape = SHAPE_2D if ndim == 2 else SHAPE_3D
+    return {f"im{i}": rng.integers(0, n_nodes + 1, shape).astype(np.uint8) for i in range(n)}
+
+
+def _labelled(tmp_path, n, ndim=2, backed=True, scale_factors=None, seed=3):
+    """sdata with images ``im0..``, node labels ``c<i>`` and metaclusters ``m<i>`` written by write_label_stacks."""
+    images = _images(n, ndim)
+    sdata = _backed(tmp_path, images) if backed else sd.SpatialData(images=images)
+    nodes = _node_values(n, ndim, seed)
+    stacks = {name: np.stack([v, (v % 4 + 1) * (v > 0)]).astype(np.uint8) for name, v in nodes.items()}
+    write_label_stacks(sdata, list(images), _lazy(stacks), _names(n), scale_factors=scale_factors)
+    return sdata, images, nodes
+
+
+def _mapping(seed=4, high=9, n_nodes=N_NODES):
+    return np.random.default_rng(seed).integers(1, high, n_nodes)
+
+
+def _assert_relabelled(sdata, images, names, mapping, scale_factors, dtype):
+    for c, m in names:
+        nodes_element, element = sdata.labels[c], sdata.labels[m]
+        assert isinstance(element, xr.DataTree if scale_factors else xr.DataArray)
+        node_levels = _level_values(nodes_element)
+        levels = _level_values(element)
+        assert len(levels) == len(node_levels) == 1 + len(scale_factors or [])
+        for node_level, level in zip(node_levels, levels, strict=True):
+            # numpy reference, pixel by pixel: 0 stays 0, node k gets mapping[k - 1]
+            expected = np.where(node_level == 0, 0, np.asarray(mapping)[np.maximum(node_level.astype(int) - 1, 0)])
+            assert level.dtype == dtype
+            np.testing.assert_array_equal(level, expected)
+        # the levels are spatialdata's own pyramid of the relabelled full resolution (the lookup commutes with it)
+        for level, expected in zip(levels, _expected_levels(levels[0], scale_factors), strict=True):
+            np.testing.assert_array_equal(level, expected)
+        image = images[f"im{c.removeprefix('c')}"]  # node labels c<i> label the image im<i>
+        assert get_transformation(element, get_all=True) == get_transformation(image, get_all=True)
+
+
+@pytest.mark.parametrize(
+    ("backed", "ndim", "scale_factors"),
+    [(False, 2, None), (False, 3, [2]), (True, 2, None), (True, 2, [2, 2]), (True, 3, [2])],
+)
+def test_relabel_metaclusters(tmp_path, backed, ndim, scale_factors):
+    sdata, images, _ = _labelled(tmp_path, 3, ndim, backed, scale_factors)
+    names = _names(3)
+    for mapping, dtype in ((_mapping(), np.uint8), (_mapping(seed=5, high=1000), np.uint16)):
+        relabel_metaclusters(sdata, [c for c, _ in names], [m for _, m in names], mapping)
+        _assert_relabelled(sdata, images, names, mapping, scale_factors, dtype)
+        if backed:
+            reread = sd.read_zarr(sdata.path)
+            _assert_relabelled(reread, images, names, mapping, scale_factors, dtype)
+            for _, m in names:
+                files = sd.get_dask_backing_files(sdata.labels[m])  # lazy, read from its own folder
+                assert files
+                assert all(Path(f).is_relative_to((Path(sdata.path) / "labels" / m).resolve()) for f in files)
+            _assert_clean(sdata.path)
+            _assert_consolidated_consistent(sdata.path)
+            assert sdata.has_consolidated_metadata()
+
+
+def test_relabel_creates_missing_elements_and_keeps_the_node_labels(tmp_path):
+    sdata, images, nodes = _labelled(tmp_path, 2)
+    before = {k: v for k, v in _snapshot(sdata.path).items() if k.startswith(("images", "labels/c"))}
+    mapping = _mapping()
+    relabel_metaclusters(sdata, ["c0", "c1", "c0"], ["new0", "new1", "m0"], mapping)
+    _assert_relabelled(sdata, images, [("c0", "new0"), ("c1", "new1"), ("c0", "m0")], mapping, None, np.uint8)
+    reread = sd.read_zarr(sdata.path)
+    _assert_relabelled(reread, images, [("c0", "new0"), ("c1", "new1")], mapping, None, np.uint8)
+    assert {k: v for k, v in _snapshot(sdata.path).items() if k.startswith(("images", "labels/c"))} == before
+    listed = zarr.open_group(str(Path(sdata.path) / "labels"), mode="r").attrs["ome"]["labels"]
+    assert {"new0", "new1"} <= set(listed)
+
+
+def test_relabel_single_scale_element_of_a_multiscale_node_element(tmp_path):
+    sdata, images, nodes = _labelled(tmp_path, 1, scale_factors=[2])
+    sdata.labels["single"] = Labels2DModel.parse(np.zeros(SHAPE_2D, np.uint8), dims="yx")
+    sdata.write_element("single")
+    mapping = _mapping()
+    relabel_metaclusters(sdata, ["c0"], ["single"], mapping)
+    for element in (sdata.labels["single"], sd.read_zarr(sdata.path).labels["single"]):
+        assert isinstance(element, xr.DataArray)
+        np.testing.assert_array_equal(element.values, _lut(mapping)[nodes["im0"]])
+        assert get_transformation(element, get_all=True) == get_transformation(images["im0"], get_all=True)
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_relabel_one_computation_reads_each_chunk_once(tmp_path, monkeypatch, backed):
+    sdata, _, nodes = _labelled(tmp_path, 3, backed=backed, scale_factors=[2])
+    calls = []
+    lock = threading.Lock()
+
+    def read_block(block, block_info=None):
+        with lock:
+            calls.append(block_info[None]["chunk-location"])
+        return block
+
+    n_chunks = 0
+    for name, _ in _names(3):  # count every chunk the computation takes from the node labels, at every level
+        levels = [level.map_blocks(read_block, dtype=level.dtype) for level in _store._levels(sdata.labels[name])]
+        n_chunks += sum(level.npartitions for level in levels)
+        sdata.labels[name] = _store._with_levels(sdata.labels[name], levels)
+    computations = []
+    compute = _store._compute
+    monkeypatch.setattr(_store, "_compute", lambda *a, **k: computations.append(1) or compute(*a, **k))
+    mapping = _mapping()
+    relabel_metaclusters(sdata, [c for c, _ in _names(3)], [m for _, m in _names(3)], mapping)
+    assert len(computations) == 1
+    assert len(calls) == n_chunks
+    for (_, m), values in zip(_names(3), nodes.values(), strict=True):
+        np.testing.assert_array_equal(_level_values(sdata.labels[m])[0], _lut(mapping)[values])
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_attrs_round_trip(tmp_path, backed):
+    images = _images(3)
+    sdata = _backed(tmp_path, images) if backed else sd.SpatialData(images=images)
+    mapping = np.arange(1, N_NODES + 1) % 3 + 1
+    record = {"mapping": mapping, "names": {1: "tumour", "2": "stroma"}, "k": np.int64(3)}
+    # JSON types, as read back from a store; the SOM-node element's name is added
+    expected = {"mapping": mapping.tolist(), "names": {"1": "tumour", "2": "stroma"}, "k": 3}
+    values = _lazy(_values(3, high=N_NODES + 1))
+    write_label_stacks(sdata, list(images), values, _names(3), attrs=[record, None, {"k": 1}])
+    assert read_label_attrs(sdata, "m0") == {**expected, "som_clusters": "c0"}
+    assert read_label_attrs(sdata, "m1") is None
+    assert read_label_attrs(sdata, "m2") == {"k": 1, "som_clusters": "c2"}
+    assert read_label_attrs(sdata, "c0") is None
+    write_label_stacks(sdata, list(images), values, _names(3), attrs=record)  # one record for all
+    for i in range(3):
+        assert read_label_attrs(sdata, f"m{i}") == {**expected, "som_clusters": f"c{i}"}
+    relabel_metaclusters(sdata, ["c0", "c1"], ["m0", "m1"], mapping[::-1], attrs=[None, {"names": {"1": "a"}}])
+    relabelled = {
+        "m0": {"mapping": mapping[::-1].tolist(), "som_clusters": "c0"},
+        "m1": {"names": {"1": "a"}, "mapping": mapping[::-1].tolist(), "som_clusters": "c1"},
+        "m2": {**expected, "som_clusters": "c2"},
+    }
+    views = [sdata]
+    if backed:
+        views.append(sd.read_zarr(sdata.path))  # from the store: the elements' zarr group attributes
+        for name in ("m0", "m1", "m2"):
+            group_attrs = zarr.open_group(str(Path(sdata.path) / "labels" / name), mode="r").attrs.asdict()
+            assert group_attrs[_store.ATTRS_KEY] == relabelled[name]
+            assert {"ome", "spatialdata_attrs"} <= set(group_attrs)  # spatialdata's own attributes are kept
+    for view in views:
+        for name, record in relabelled.items():
+            assert read_label_attrs(view, name) == record
+            read_label_attrs(view, name)["som_clusters"] = "x"  # a copy
+            assert read_label_attrs(view, name) == record
+        assert read_label_attrs(view, "c0") is None
+    relabel_metaclusters(sdata, ["c0"], ["m0"], mapping, attrs={"names": {"2": "b"}})
+    assert read_label_attrs(sdata, "m0") == {"names": {"2": "b"}, "mapping": mapping.tolist(), "som_clusters": "c0"}
+    with pytest.raises(KeyError, match="'nope' not found"):
+        read_label_attrs(sdata, "nope")
+
+
+def test_in_memory_records_survive_a_write(tmp_path):
+    images = _images(1)
+    sdata = sd.SpatialData(images=images)
+    write_label_stacks(sdata, ["im0"], _lazy(_values(1)), [("c0", "m0")], attrs={"names": {"1": "a"}})
+    sdata.write(tmp_path / "w.zarr")  # spatialdata writes the element, not the record
+    reread = sd.read_zarr(tmp_path / "w.zarr")
+    np.testing.assert_array_equal(reread.labels["m0"].values, sdata.labels["m0"].values)
+    assert read_label_attrs(sdata, "m0") == {"names": {"1": "a"}, "som_clusters": "c0"}
+
+
+def test_relabel_checks_the_recorded_node_count(tmp_path):
+    sdata, _, _ = _labelled(tmp_path, 1)
+    relabel_metaclusters(sdata, ["c0"], ["m0"], _mapping())  # records N_NODES nodes for c0
+    reread = sd.read_zarr(sdata.path)
+    before = _snapshot(sdata.path)
+    with pytest.raises(ValueError, match=rf"mapping has {N_NODES + 1} entries.*record a mapping of {N_NODES} SOM"):
+        relabel_metaclusters(reread, ["c0"], ["m0"], _mapping(n_nodes=N_NODES + 1))
+    assert _snapshot(sdata.path) == before
+
+
+def _bad_relabel_call(change):
+    """Arguments of relabel_metaclusters with one thing wrong, the error and its message."""
+    nodes, metas, mapping, attrs = ["c0", "c1"], ["m0", "m1"], _mapping(), None
+    error, match = ValueError, None
+    if change == "unknown node":
+        nodes, error, match = ["c0", "nope"], KeyError, r"SOM-node labels element\(s\) \['nope'\] not found"
+    elif change == "lengths":
+        metas, match = ["m0"], "Got 2 node labels names and 1 metacluster labels names"
+    elif change == "image name":
+        metas, match = ["m0", "im1"], "'im1' is already the name of a images element"
+    elif change == "node name":
+        metas, match = ["m0", "c0"], r"Metacluster name\(s\) \['c0'\] are also SOM-node labels elements"
+    elif change == "repeated":
+        metas, match = ["m0", "m0"], r"\['m0'\] are used more than once"
+    elif change == "str names":
+        nodes, error, match = "c0", TypeError, "must be a sequence of str"
+    elif change == "float mapping":
+        mapping, error, match = mapping.astype(float), TypeError, "must hold integers"
+    elif change == "bool mapping":
+        mapping, error, match = mapping > 3, TypeError, "must hold integers"
+    elif change == "zero id":
+        mapping[4], match = 0, "gives node 5 the metacluster id 0"
+    elif change == "2d mapping":
+        mapping, match = mapping.reshape(5, -1), "one-dimensional"
+    elif change == "empty mapping":
+        mapping, match = [], "one-dimensional"
+    elif change == "attrs length":
+        attrs, match = [{}], "Got 1 attrs for 2 images"
+    elif change == "attrs json":
+        attrs, error, match = {"a": object()}, TypeError, r"attrs\[0\] is not JSON-serialisable"
+    elif change == "attrs type":
+        attrs, error, match = [{}, 3], TypeError, r"attrs\[1\] must be a dict \(or None\)"
+    elif change == "node id above the mapping":  # found during the computation
+        mapping, match = mapping[:-1], f"hold the node id {N_NODES}, but the mapping covers nodes 1 to {N_NODES - 1}"
+    return (nodes, metas, mapping, attrs), error, match
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "unknown node",
+        "lengths",
+        "image name",
+        "node name",
+        "repeated",
+        "str names",
+        "float mapping",
+        "bool mapping",
+        "zero id",
+        "2d mapping",
+        "empty mapping",
+        "attrs length",
+        "attrs json",
+        "attrs type",
+        "node id above the mapping",
+    ],
+)
+@pytest.mark.parametrize("backed", [False, True])
+def test_relabel_errors_change_nothing(tmp_path, change, backed):
+    sdata, _, nodes = _labelled(tmp_path, 2, backed=backed)
+    assert max(int(v.max()) for v in nodes.values()) == N_NODES
+    (node_names, metacluster_names, mapping, attrs), error, match = _bad_relabel_call(change)
+    before = _snapshot(sdata.path) if backed else None
+    elements = dict(sdata.labels)
+    with pytest.raises(error, match=match):
+        relabel_metaclusters(sdata, node_names, metacluster_names, mapping, attrs=attrs)
+    assert all(sdata.labels[k] is v for k, v in elements.items())
+    assert dict(sdata.labels) == elements
+    if backed:
+        assert _snapshot(sdata.path) == before
+
+
+def test_relabel_refuses_other_levels(tmp_path):
+    sdata, _, _ = _labelled(tmp_path, 1)  # single-scale node labels
+    sdata.labels["pyramid"] = Labels2DModel.parse(np.zeros(SHAPE_2D, np.uint8), dims="yx", scale_factors=[2])
+    with pytest.raises(ValueError, match=r"'pyramid' have levels of shapes \[\(32, 40\), \(16, 20\)\]"):
+        relabel_metaclusters(sdata, ["c0"], ["pyramid"], _mapping())
+
+
+def test_relabel_negative_node_ids(tmp_path):
+    sdata = sd.SpatialData(labels={"c": Labels2DModel.parse(np.array([[0, 1], [-1, 2]], np.int16), dims="yx")})
+    with pytest.raises(ValueError, match="negative id -1"):
+        relabel_metaclusters(sdata, ["c"], ["m"], [1, 2])
+    sdata.labels["c"] = Labels2DModel.parse(np.array([[0, 1], [3, 2]], np.int16), dims="yx")
+    relabel_metaclusters(sdata, ["c"], ["m"], [5, 6, 7])
+    np.testing.assert_array_equal(sdata.labels["m"].values, [[0, 5], [7, 6]])
+    assert sdata.labels["m"].dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # killed calls
 
 
@@ -502,6 +785,35 @@ def _kill_setup(tmp_path, mode):
     return pristine, work, old_values, new
 
 
+def _relabel_kill_setup(tmp_path):
+    """A store with images im0, im1, node labels c0, c1 and metacluster labels m0 (uint8); relabel m0, m1 (uint16)."""
+    tmp_path.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    nodes = {f"c{i}": rng.integers(0, N_NODES + 1, SHAPE_2D).astype(np.uint8) for i in range(2)}
+    old_values = {**nodes, "m0": np.full(SHAPE_2D, 1, np.uint8)}
+    old = {name: Labels2DModel.parse(v, dims=("y", "x"), chunks=16) for name, v in old_values.items()}
+    pristine = tmp_path / "pristine.zarr"
+    sd.SpatialData(images=_images(2), labels=old).write(pristine)
+    mapping = rng.integers(1, 301, N_NODES)
+    mapping[0] = 300  # the new labels are uint16, the old ones uint8
+    work = tmp_path / "work"
+    work.mkdir(parents=True)
+    config = {
+        "pristine": str(pristine),
+        "work": str(work),
+        "mode": "relabel",
+        "node_names": ["c0", "c1"],
+        "metacluster_names": ["m0", "m1"],
+        "mapping": mapping.tolist(),
+        "parallel": 2,
+        "kinds": None,
+        "max_points": None,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    new = {f"m{i}": _lut(mapping)[nodes[f"c{i}"]] for i in range(2)}
+    return pristine, work, old_values, new
+
+
 def _state(sdata, name, old_values, new):
     """'old', 'new' or 'absent': which complete element a name holds (anything else fails)."""
     if name not in sdata.labels:
@@ -509,6 +821,7 @@ def _state(sdata, name, old_values, new):
     values = sdata.labels[name].values
     if name in old_values and values.dtype == np.uint8 and np.array_equal(values, old_values[name]):
         return "old"
+    assert name in new, f"{name} is not old"
     assert values.dtype == np.uint16, f"{name} is neither old nor new"
     assert np.array_equal(values, new[name]), f"{name} is neither old nor new"
     return "new"
@@ -519,11 +832,13 @@ def test_killed_call_leaves_a_readable_store(tmp_path):
     """Kill an overwrite at every step of its store work: the store always opens, every name holds a whole element.
 
     ``exchange``: swaps by atomic exchange (Linux, macOS); ``fallback``: by two renames, where a kill between the two
-    leaves the name empty until remove_leftovers renames the old element back. tests/store_crash_child.py kills the
-    call before every filesystem mutation outside the staging folder and before a few inside it. A kill inside one of
+    leaves the name empty until remove_leftovers renames the old element back; ``relabel``: relabel_metaclusters
+    (by exchange) replaces one metacluster element and creates another. tests/store_crash_child.py kills the call
+    before every filesystem mutation outside the staging folder and before a few inside it. A kill inside one of
     zarr's atomic writes leaves a ``.partial`` file, about which zarr warns.
     """
     setups = {mode: _kill_setup(tmp_path / mode, mode) for mode in ("exchange", "fallback")}
+    setups["relabel"] = _relabel_kill_setup(tmp_path / "relabel")
     child = Path(__file__).with_name("store_crash_child.py")
     configs = [str(tmp_path / mode / "config.json") for mode in setups]
     run = subprocess.run([sys.executable, str(child), *configs], capture_output=True, text=True)
@@ -542,13 +857,23 @@ def test_killed_call_leaves_a_readable_store(tmp_path):
             store = work / f"{point}.zarr"
             sdata = sd.read_zarr(store)  # opens, before any recovery
             states = tuple(_state(sdata, n, old_values, new) for n in new)
-            if mode == "exchange":
+            untouched = [n for n in old_values if n not in new]  # the node labels of a relabelling
+            assert all(_state(sdata, n, old_values, {}) == "old" for n in untouched), point
+            if mode != "fallback":
                 assert all(s != "absent" for n, s in zip(new, states, strict=True) if n in old_values), (point, states)
             if point.startswith("visible"):
                 progress.append(states)
             assert {k: v for k, v in _snapshot(store).items() if k.startswith("images")} == images
             _assert_consolidated_consistent(store)
-            if point == fresh_call:
+            if point == fresh_call and mode == "relabel":
+                # a fresh call, which removes the leftovers first, succeeds
+                mapping = np.arange(N_NODES) % 3 + 1
+                relabel_metaclusters(sdata, ["c0", "c1"], ["m0", "m1"], mapping)
+                fresh = sd.read_zarr(store)
+                for i in range(2):
+                    expected = _lut(mapping)[old_values[f"c{i}"]]
+                    np.testing.assert_array_equal(fresh.labels[f"m{i}"].values, expected)
+            elif point == fresh_call:
                 # a fresh call, which removes the leftovers first, succeeds
                 values = _values(2, seed=6)
                 write_label_stacks(sdata, ["im0", "im1"], _lazy(values), _names(2))
@@ -567,9 +892,13 @@ def test_killed_call_leaves_a_readable_store(tmp_path):
             assert {k: v for k, v in _snapshot(store).items() if k.startswith("images")} == images
         # Killed before each step outside the staging folder (fallback: each rename), in order: all old, then one
         # name after the other new.
-        assert progress[0] == ("old", "old", "old", "absent")
         n_new = [states.count("new") for states in progress]
         assert n_new == sorted(n_new), progress
+        if mode == "relabel":
+            assert progress[0] == ("old", "absent")
+            assert set(n_new) == {0, 1, 2}, progress
+            continue
+        assert progress[0] == ("old", "old", "old", "absent")
         if mode == "exchange":
             assert set(n_new) == {0, 1, 2, 3, 4}, progress
         else:  # between the two renames of a swap, the name is empty (until remove_leftovers)

@@ -189,3 +189,13 @@ def test_docstring_examples():
 def test_tables_do_not_import_matplotlib():
     code = "import sys, pixelflowsom._tables; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_names_column_follows_fraction():
+    X = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    table = metacluster_table(X, [1, 1, 2], ["CD3", "CD20"], names={2: "B cells"})
+    assert table.columns.tolist() == ["pixels", "fraction", "name", "CD3", "CD20"]
+    assert table["name"].tolist() == ["", "B cells"]
+    assert "name" not in metacluster_table(X, [1, 1, 2], ["CD3", "CD20"], names={}).columns
+    with pytest.raises(ValueError, match="must be unique and not named"):
+        metacluster_table(X, [1, 1, 2], ["name", "CD20"], names={1: "x"})

@@ -10,6 +10,8 @@ The public surface:
 * :func:`read_image` and :func:`import_images`, image files (TIFF, OME-TIFF, ``.npz``, ``.npy``) into a SpatialData
   store;
 * :func:`metacluster_table`, the pixels and median channel intensities of every metacluster;
+* :func:`update_metaclusters` and :func:`revise_mapping`, metaclusters merged, split, moved and named after fitting,
+  and :func:`read_pixie_mapping` / :func:`write_pixie_mapping`, ark Pixie's mapping CSV;
 * :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom version is loaded;
 * :mod:`pixelflowsom.pl`, pictures of the results (imported on first use: it needs matplotlib);
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
@@ -20,6 +22,7 @@ from ._importing import import_images, read_image
 from ._metacluster import ConsensusClustering, NClustersChoice, choose_n_clusters
 from ._persistence import InconsistentVersionWarning, package_version
 from ._preprocessing import PixelPreprocessor
+from ._revising import read_pixie_mapping, revise_mapping, update_metaclusters, write_pixie_mapping
 from ._sampling import PixelSample, sample_pixels
 from ._tables import metacluster_table
 
@@ -38,7 +41,11 @@ __all__ = [
     "metacluster_table",
     "pl",
     "read_image",
+    "read_pixie_mapping",
+    "revise_mapping",
     "sample_pixels",
+    "update_metaclusters",
+    "write_pixie_mapping",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The ``pixelflowsom`` command line: ``demo``, ``import``, ``cluster`` and ``apply``."""
+"""The ``pixelflowsom`` command line: ``demo``, ``import``, ``cluster``, ``apply`` and ``relabel``."""
 
 from __future__ import annotations
 
@@ -146,8 +146,14 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> tuple[list[st
     clusters, metaclusters = _outputs(args, images)
     stacks = model.transform(arrays)  # checks every image's channels before anything is computed
     t0 = time.perf_counter()
+    som = _flowsom(model)
+    # What `relabel` revises later without the model: the node -> metacluster map and the names.
+    record = {
+        "mapping": (som.node_metacluster_ + 1).tolist(),
+        "names": {str(k): v for k, v in getattr(som, "metacluster_names_", {}).items()},
+    }
     with phase("label the images and write the labels"):
-        write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)))
+        write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)), attrs=record)
     _say(
         f"Labelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s; labels written to {store}:",
         *(
@@ -186,20 +192,27 @@ def _check_outputs(args, sdata, images):
 
 def _summarize(sdata, labels, model) -> dict:
     """Print how many pixels every metacluster got (and how many none); return the counts of nodes and metaclusters."""
-    import numpy as np
-
     som = _flowsom(model)
     clusters, metaclusters = labels
     nodes = _label_counts(sdata, clusters, som.codes_.shape[0])
-    metas = _label_counts(sdata, metaclusters, som.n_clusters_)
-    total = int(metas.sum())
+    metas = _print_metacluster_counts(sdata, metaclusters, som.n_clusters_, getattr(som, "metacluster_names_", {}))
+    return {"nodes": nodes, "metaclusters": metas}
+
+
+def _print_metacluster_counts(sdata, metaclusters, n_clusters, names):
+    """Count and print the pixels of every metacluster (named where ``names`` has a name) and the unlabelled ones."""
+    metas = _label_counts(sdata, metaclusters, n_clusters)
+    total = max(int(metas.sum()), 1)
     _say(
         "Pixels per metacluster: "
-        + ", ".join(f"{k}: {n} ({n / total:.1%})" for k, n in enumerate(metas[1:].tolist(), start=1)),
+        + ", ".join(
+            f"{k}{' ' + names[k] if k in names else ''}: {n} ({n / total:.1%})"
+            for k, n in enumerate(metas[1:].tolist(), start=1)
+        ),
         f"Unlabelled pixels (label 0: a NaN channel, in the image or after preprocessing): {int(metas[0])} "
         f"({metas[0] / total:.1%}).",
     )
-    return {"nodes": nodes, "metaclusters": np.asarray(metas)}
+    return metas
 
 
 def _save_pictures(folder: Path, sdata, metacluster_names, model, counts, sample=None, scale="minmax") -> list[Path]:
@@ -216,31 +229,54 @@ def _save_pictures(folder: Path, sdata, metacluster_names, model, counts, sample
     from . import metacluster_table, pl
 
     som = _flowsom(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in metacluster_names:
-        path = folder / f"{name}.png"
-        plt.close(pl.metacluster_image(sdata.labels[name], title=name, save=path))
-        written.append(path)
+    names = dict(getattr(som, "metacluster_names_", {})) or None
+    written = _save_metacluster_images(folder, sdata, metacluster_names, names)
     if sample is not None:
         metas = som.predict(sample)
         channels = [str(c) for c in som.channels_]
         path = folder / "metaclusters.csv"
-        table = metacluster_table(sample.values, metas, channels, counts=counts["metaclusters"], one_based=False)
+        table = metacluster_table(
+            sample.values, metas, channels, counts=counts["metaclusters"], names=names, one_based=False
+        )
         table.to_csv(path, float_format="%.4g")
         written.append(path)
         path = folder / "phenotype_heatmap.png"
         heatmap = pl.phenotype_heatmap(
-            sample.values, metas, channels, one_based=False, counts=counts["metaclusters"], scale=scale, save=path
+            sample.values,
+            metas,
+            channels,
+            one_based=False,
+            counts=counts["metaclusters"],
+            names=names,
+            scale=scale,
+            save=path,
         )
         plt.close(heatmap)
         written.append(path)
     path = folder / "som_grid.png"
-    plt.close(pl.som_grid(som, sizes=counts["nodes"][1:], save=path))
+    plt.close(pl.som_grid(som, sizes=counts["nodes"][1:], names=names, save=path))
     written.append(path)
     if getattr(som, "n_clusters_choice_", None) is not None:
         path = folder / "n_clusters.png"
         plt.close(pl.n_clusters_criterion(som.n_clusters_choice_, save=path))
+        written.append(path)
+    return written
+
+
+def _save_metacluster_images(folder: Path, sdata, metacluster_names, names) -> list[Path]:
+    """Save the picture of every metacluster labels element, with the metacluster ``names`` (1-based id -> name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in metacluster_names:
+        path = folder / f"{name}.png"
+        plt.close(pl.metacluster_image(sdata.labels[name], names=names, title=name, save=path))
         written.append(path)
     return written
 
@@ -261,6 +297,8 @@ def _warn(args, text: str) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+#: With ``--n-clusters auto``, ``cluster`` warns when fewer resamples of the SOM codes than this choose its number.
+MIN_AGREEMENT = 0.5
 #: ``cluster`` warns when the training sample has fewer pixels than this per SOM node.
 MIN_PIXELS_PER_NODE = 5
 #: ``cluster`` (without ``--preprocess``) warns when an integer image's 99th percentile in a channel exceeds this:
@@ -294,7 +332,13 @@ def _train(args, sdata, store, images):
         random_state=args.seed,
     )
     # Options not given keep the estimator's defaults (they live there only).
-    som.set_params(**{name: getattr(args, name) for name in ("xdim", "ydim", "som") if getattr(args, name) is not None})
+    som.set_params(
+        **{
+            name: getattr(args, name)
+            for name in ("xdim", "ydim", "som", "n_clusters_method")
+            if getattr(args, name) is not None
+        }
+    )
     pre = None
     if args.preprocess:
         pre = PixelPreprocessor(channels=channels, **_preprocess_params(args))
@@ -420,13 +464,25 @@ def _cluster(args) -> int:
     with _computing(args):
         model, sample, arrays = _train(args, sdata, store, images)
         som = _flowsom(model)
-        chosen = " (chosen from the data)" if som.n_clusters == "auto" else ""
+        chosen, agreement = "", None
+        if som.n_clusters == "auto":
+            stability = som.n_clusters_choice_.stability
+            agreement = None if stability is None else float(stability.get(som.n_clusters_, 0.0))
+            chosen = f" (chosen from the data by the {som.n_clusters_choice_.method} rule"
+            chosen += ")" if agreement is None else f"; {agreement:.0%} of resamples of the SOM codes agree)"
         preprocessed = " preprocessed" if args.preprocess else ""
         _say(
             f"Trained a {som.xdim}x{som.ydim} SOM ({som.som}) on {som.n_samples_fit_}{preprocessed} sampled pixels "
             f"of {len(images)} image(s), channels {_channels_text(som.channels_)}, {som.n_clusters_} metaclusters"
             f"{chosen}, in {time.perf_counter() - t0:.1f} s."
         )
+        if agreement is not None and agreement < MIN_AGREEMENT:
+            _warn(
+                args,
+                f"the number of metaclusters is not well determined by these pixels: only {agreement:.0%} of "
+                f"resamples of the SOM codes choose {som.n_clusters_} (see n_clusters.png). Read the heatmap and merge "
+                "metaclusters with `pixelflowsom relabel`, or choose --n-clusters yourself.",
+            )
         labels = _label_and_write(args, sdata, store, images, arrays, model)
         counts = _summarize(sdata, labels, model)
     if args.save_model is not None:
@@ -566,6 +622,95 @@ def _import(args) -> int:
     return 0
 
 
+def _id_pairs(values, option: str, value_kind: str) -> dict:
+    """``--move 12=3`` / ``--name 2=tumour`` values as a dict; keys are 1-based ids."""
+    out = {}
+    for text in values or ():
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip().isdigit() or (value_kind == "id" and not value.strip().isdigit()):
+            example = "12=3" if value_kind == "id" else "2=tumour"
+            raise _UsageError(f"{option} {text!r} must be ID={value_kind.upper()}, e.g. {option} {example}")
+        if int(key) in out:
+            raise _UsageError(f"{option} gives {key} twice")
+        out[int(key)] = int(value) if value_kind == "id" else value.strip()
+    return out
+
+
+def _relabel(args) -> int:
+    import numpy as np
+
+    from ._revising import read_pixie_mapping, revise_mapping, write_pixie_mapping
+    from ._store import read_label_attrs, relabel_metaclusters
+
+    store = Path(args.store)
+    sdata = _open_store(store)
+    images = args.image
+    clusters, metaclusters = _outputs(args, images)
+    missing = [name for name in clusters if name not in sdata.labels]
+    if missing:
+        raise _UsageError(
+            f"SOM-node labels element(s) {missing} not found in {str(store)!r} (cluster or apply writes them; "
+            f"name others with --cluster-labels); labels elements: {sorted(sdata.labels)}"
+        )
+    merge = [[int(i) for i in group] for group in args.merge or ()]
+    move = _id_pairs(args.move, "--move", "id")
+    new_names = _id_pairs(args.name, "--name", "text")
+    for option in ("mapping", "export_mapping"):
+        path = getattr(args, option)
+        if path is not None and option == "export_mapping" and not Path(path).parent.exists():
+            raise _UsageError(f"--export-mapping: folder {str(Path(path).parent)!r} does not exist")
+    recorded = [read_label_attrs(sdata, name) if name in sdata.labels else None for name in metaclusters]
+    if args.mapping is not None:
+        n_nodes = next((len(a["mapping"]) for a in recorded if a and "mapping" in a), None)
+        base, base_names = read_pixie_mapping(args.mapping, n_nodes=n_nodes)
+    else:
+        found = [a for a in recorded if a and "mapping" in a]
+        if len(found) < len(recorded):
+            lacking = [m for m, a in zip(metaclusters, recorded, strict=True) if not (a and "mapping" in a)]
+            raise _UsageError(
+                f"labels element(s) {lacking} record no node -> metacluster mapping (written by another tool or an "
+                "older version); give one with --mapping FILE.csv"
+            )
+        base = np.asarray(found[0]["mapping"], dtype=np.int64)
+        if any(not np.array_equal(np.asarray(a["mapping"]), base) for a in found[1:]):
+            raise _UsageError(
+                "the images' metaclusters come from different mappings (different models); relabel them separately"
+            )
+        base_names = {int(k): v for k, v in (found[0].get("names") or {}).items()}
+    mapping, names, renumbering = revise_mapping(base, merge=merge, move=move, names=new_names, old_names=base_names)
+    changed = args.mapping is not None or merge or move or new_names
+    if changed:
+        _check_outputs_relabel(sdata, images, metaclusters)
+        attrs = {"mapping": mapping.tolist(), "names": {str(k): v for k, v in names.items()}}
+        t0 = time.perf_counter()
+        with _computing(args):
+            relabel_metaclusters(sdata, clusters, metaclusters, mapping, attrs=attrs)
+            _say(
+                f"Relabelled {len(images)} image(s) in {time.perf_counter() - t0:.1f} s: "
+                + ", ".join(f"{m!r} from {c!r}" for c, m in zip(clusters, metaclusters, strict=True))
+            )
+            moved = {old: new for old, new in renumbering.items() if old != new}
+            if moved:
+                _say("Metaclusters renumbered (old -> new): " + ", ".join(f"{o} -> {n}" for o, n in moved.items()))
+            _print_metacluster_counts(sdata, metaclusters, int(mapping.max()), names)
+        for path in _save_metacluster_images(_pictures_folder(args, store), sdata, metaclusters, names or None):
+            print(f"Picture: {path}")
+    else:
+        _say("Nothing to change (no --merge, --move, --name or --mapping).")
+    if args.export_mapping is not None:
+        write_pixie_mapping(args.export_mapping, mapping, names)
+        print(f"Mapping (ark Pixie's CSV): {args.export_mapping}")
+    return 0
+
+
+def _check_outputs_relabel(sdata, images, metaclusters):
+    """Check that the metacluster labels may be written: valid names, not images or other non-labels elements."""
+    from ._store import check_output_names
+
+    # Passed as the metacluster outputs (the SOM-node elements are inputs here): overwriting them is the point.
+    check_output_names(sdata, images, [], metaclusters, True, overwrite_hint="pass --overwrite")
+
+
 def _pictures_folder(args, store: Path) -> Path:
     return Path(args.pictures) if args.pictures else store.parent / f"{store.stem}_pictures"
 
@@ -621,6 +766,12 @@ def _add_common(parser, *, training):
             type=int,
             metavar="N",
             help="with --n-clusters auto: the largest number of metaclusters tried (default: 20)",
+        )
+        parser.add_argument(
+            "--n-clusters-method",
+            choices=("auto", "knee", "elbow", "delta_area"),
+            help="with --n-clusters auto: the rule (default: auto, the knee of the log within-cluster sum of squares; "
+            "elbow: R FlowSOM's; delta_area: ConsensusClusterPlus's, which needs a consensus metaclustering)",
         )
         defaults = PixelFlowSOM().get_params()
         parser.add_argument("--xdim", type=int, help=f"SOM grid width (default: {defaults['xdim']})")
@@ -784,6 +935,53 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--overwrite", action="store_true", help="replace the store if it exists")
     importer.add_argument("--quiet", action="store_true", help="show no progress")
     importer.set_defaults(func=_import, scheduler="threads")
+
+    relabel = sub.add_parser(
+        "relabel",
+        help="merge, move and name metaclusters of a store's labels, without the model or the images",
+        description="Rewrite the metacluster labels elements of the images from their SOM-node labels elements and a "
+        "revised node -> metacluster mapping: the one the store records (written by cluster, apply and relabel), "
+        "revised by --merge, --move and --name, or one from --mapping (ark Pixie's pixel mapping CSV). IDs are as "
+        "written in the labels elements (1-based). Merged metaclusters take the smallest id of their group; then ids "
+        "are renumbered densely, in their order. Crash-safe: every element stays old or new, whole.",
+    )
+    relabel.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
+    relabel.add_argument(
+        "--image", action="append", required=True, metavar="NAME", help="image whose labels to revise (repeat)"
+    )
+    relabel.add_argument(
+        "--cluster-labels", nargs="+", metavar="NAME", help="SOM-node labels elements (default: IMAGE_som_clusters)"
+    )
+    relabel.add_argument(
+        "--metacluster-labels",
+        nargs="+",
+        metavar="NAME",
+        help="metacluster labels elements to rewrite (default: IMAGE_metaclusters)",
+    )
+    relabel.add_argument(
+        "--merge",
+        nargs="+",
+        action="append",
+        type=int,
+        metavar="ID",
+        help="metaclusters to merge into one, e.g. --merge 2 5 (repeat for several groups)",
+    )
+    relabel.add_argument(
+        "--move", action="append", metavar="NODE=ID", help="move a SOM node to a metacluster (ID: existing or k+1)"
+    )
+    relabel.add_argument(
+        "--name", action="append", metavar="ID=TEXT", help="name a metacluster, by its id after the revision"
+    )
+    relabel.add_argument("--mapping", metavar="FILE.csv", help="the mapping to apply (ark Pixie's pixel mapping CSV)")
+    relabel.add_argument(
+        "--export-mapping", metavar="FILE.csv", help="write the (revised) mapping as ark Pixie's pixel mapping CSV"
+    )
+    relabel.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
+    relabel.add_argument(
+        "--scheduler", default="threads", help="dask scheduler: threads (default), processes, or a scheduler ADDRESS"
+    )
+    relabel.add_argument("--quiet", action="store_true", help="show no progress")
+    relabel.set_defaults(func=_relabel)
 
     apply = sub.add_parser(
         "apply",

@@ -28,7 +28,7 @@ from ._compat import (
 )
 from ._inference import SOMModel, label_image, label_table
 from ._log import phase
-from ._metacluster import choose_n_clusters, default_metaclustering
+from ._metacluster import ConsensusClustering, choose_n_clusters, default_metaclustering
 from ._nearest import nearest_nodes
 from ._persistence import VersionedPickleMixin
 from ._sampling import PixelSample, sample_indices, sample_pixels, sample_sizes, take_rows
@@ -78,9 +78,10 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     ----------
     n_clusters : int or "auto", default=10
         Number of metaclusters; at most ``xdim * ydim``. ``"auto"`` chooses it from the SOM codes with
-        :func:`~pixelflowsom.choose_n_clusters` (up to ``max_clusters``, nodes weighted by their training pixels): R
-        FlowSOM's elbow of the within-cluster sum of squares, or, with ``metaclustering=ConsensusClustering()``, the
-        consensus delta-area rule. The choice is in ``n_clusters_`` and ``n_clusters_choice_``.
+        :func:`~pixelflowsom.choose_n_clusters` (up to ``max_clusters``, nodes weighted by their training pixels) with
+        the rule ``n_clusters_method``: by default the knee of the log pixel-weighted within-cluster sum of squares,
+        with how often resamples of the codes choose the same number. The choice is in ``n_clusters_`` and
+        ``n_clusters_choice_``.
     xdim, ydim : int, default=10
         Size of the SOM grid; the map has ``xdim * ydim`` nodes.
     rlen : int, default=10
@@ -114,6 +115,10 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     max_clusters : int or None, default=None
         With ``n_clusters="auto"``: the largest number of metaclusters tried, from 2 to ``xdim * ydim``; ``None`` is
         20, or ``xdim * ydim`` if smaller. Ignored otherwise.
+    n_clusters_method : {"auto", "knee", "elbow", "delta_area"}, default="auto"
+        With ``n_clusters="auto"``: the rule of :func:`~pixelflowsom.choose_n_clusters`. ``"auto"`` is ``"knee"``;
+        ``"elbow"`` is R FlowSOM's (``FlowSOM(maxMeta = ...)``); ``"delta_area"`` is ConsensusClusterPlus's and needs
+        ``metaclustering=ConsensusClustering()``. Ignored otherwise.
     metaclustering : estimator or None, default=None
         Clusterer of the SOM codes with a ``fit_predict`` method. It is cloned, and its ``n_clusters`` parameter (if
         any) is set to ``n_clusters_``. ``None`` uses what ``flowsom`` uses, average-linkage
@@ -151,6 +156,12 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         :class:`~pixelflowsom.PixelSample`, of the training sample only (the rows ``sample_indices_``, resp. the
         pixels ``sample_coords_``, image after image), so that the model never holds the data or a graph over them:
         :meth:`predict` labels all of them, lazily.
+    node_labels_ : ndarray of shape like ``labels_``
+        0-based SOM node of the same rows (the smallest unsigned dtype holding the node ids), so that a revised
+        node -> metacluster map (:func:`~pixelflowsom.update_metaclusters`) relabels them.
+    metacluster_names_ : dict of int to str
+        Names of metaclusters by 1-based id (as in label images and pictures); empty after ``fit``, set by
+        :func:`~pixelflowsom.update_metaclusters`.
     n_samples_fit_ : int
         Number of rows the SOM was trained on.
     quantization_error_ : float
@@ -239,6 +250,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_clusters": [Interval(Integral, 2, None, closed="left"), None],
+        "n_clusters_method": [StrOptions({"auto", "knee", "elbow", "delta_area"})],
         "xdim": [Interval(Integral, 1, None, closed="left")],
         "ydim": [Interval(Integral, 1, None, closed="left")],
         "rlen": [Interval(Integral, 1, None, closed="left")],
@@ -266,6 +278,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         n_samples=None,
         som="online",
         max_clusters=None,
+        n_clusters_method="auto",
         metaclustering=None,
         channels=None,
         chunks=None,
@@ -281,6 +294,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.n_samples = n_samples
         self.som = som
         self.max_clusters = max_clusters
+        self.n_clusters_method = n_clusters_method
         self.metaclustering = metaclustering
         self.channels = channels
         self.chunks = chunks
@@ -306,6 +320,11 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         ):
             raise ValueError(
                 f"chunks={self.chunks!r} must hold a positive int per spatial axis, e.g. (1024, 1024) for (y, x)."
+            )
+        if self.n_clusters_method == "delta_area" and not isinstance(self.metaclustering, ConsensusClustering):
+            raise ValueError(
+                'n_clusters_method="delta_area" needs metaclustering=ConsensusClustering(); use "knee" or "elbow" '
+                "with another metaclustering."
             )
         if self.n_clusters == "auto" and n_nodes < 2:
             raise ValueError('n_clusters="auto" needs a SOM of at least 2 nodes; enlarge xdim or ydim.')
@@ -375,7 +394,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.n_features_in_ = len(sample.channels)
         nodes = self._fit_sample(sample.values, alpha, random_state)
         self.sample_coords_ = sample.coords_by_image()
-        self.labels_ = self.node_metacluster_[nodes]
+        self._set_labels(nodes)
         return self
 
     def check_input(self, X=None):
@@ -477,10 +496,15 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         nodes = self._fit_sample(sample, alpha, random_state)
         if _is_dask_array(X):
             # The labels of the training rows only: the model must not hold X or a graph over it.
-            self.labels_ = self.node_metacluster_[nodes]
             self.sample_indices_ = rows
         else:
-            self.labels_ = label_table(X, self._som_model(), column=1)
+            nodes = label_table(X, self._som_model(), column=0)
+        self._set_labels(nodes)
+
+    def _set_labels(self, nodes):
+        """``labels_`` and ``node_labels_`` of the rows whose 0-based nearest nodes are ``nodes``."""
+        self.node_labels_ = np.asarray(nodes).astype(np.min_scalar_type(max(self.codes_.shape[0] - 1, 0)))
+        self.labels_ = self.node_metacluster_[self.node_labels_]
 
     def _fit_sample(self, sample, alpha, random_state):
         """Train the SOM and the metaclustering on an in-memory, finite sample; set fitted attributes.
@@ -501,6 +525,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         self.quantization_error_ = float(distances.mean())
         self.n_samples_fit_ = sample.shape[0]
         self.channel_percentiles_ = _channel_percentiles(sample)
+        self.metacluster_names_ = {}
         return nodes
 
     def _train_som(self, sample, alpha, random_state):
@@ -553,7 +578,9 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
             # Nodes weighted by their pixels (unweighted if fewer than two nodes won any); the seeded model itself, so
             # that the labels at the chosen k are those of the fit below.
             weight = node_counts if np.count_nonzero(node_counts) >= 2 else None
-            choice = choose_n_clusters(codes, model, max_clusters=max_clusters, sample_weight=weight)
+            choice = choose_n_clusters(
+                codes, model, max_clusters=max_clusters, method=self.n_clusters_method, sample_weight=weight
+            )
             n_clusters = choice.n_clusters
         if "n_clusters" in params:
             model.set_params(n_clusters=n_clusters)

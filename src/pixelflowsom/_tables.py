@@ -141,7 +141,7 @@ def aggregate(X, ids, agg, *, n_ids=0):
     return all_sizes, values
 
 
-def metacluster_table(X, metaclusters, channels, *, counts=None, one_based=True, agg="median"):
+def metacluster_table(X, metaclusters, channels, *, counts=None, names=None, one_based=True, agg="median"):
     """Tabulate every metacluster: its pixels, its fraction of the labelled pixels and its channel medians.
 
     The numbers behind :func:`pixelflowsom.pl.phenotype_heatmap`, unscaled: what an analyst reads to name the
@@ -162,6 +162,9 @@ def metacluster_table(X, metaclusters, channels, *, counts=None, one_based=True,
         says: ``counts[k]`` for metacluster ``k``, ``counts[0]`` the background (ignored), e.g.
         ``np.bincount(labels.ravel())`` of a label image (ids beyond its end have 0 pixels). ``None`` counts the
         rows of ``X``, which for a sample are the sampled pixels, not the image's.
+    names : mapping of int to str or None, default=None
+        Metacluster names by 1-based id (e.g. a model's ``metacluster_names_``): a ``name`` column after
+        ``fraction``, empty for unnamed metaclusters. ``None`` (or an empty mapping): no such column.
     one_based : bool, default=True
         Whether ``metaclusters`` are 1-based ids with 0 the background (True) or 0-based (False). The table is
         always indexed by 1-based ids.
@@ -174,7 +177,8 @@ def metacluster_table(X, metaclusters, channels, *, counts=None, one_based=True,
         One row per metacluster ``1..n``, the index named ``"metacluster"``, where ``n`` is the largest id of
         ``metaclusters`` or ``len(counts) - 1``, whichever is larger, so metaclusters without pixels have a row too.
         Columns: ``pixels`` (int: ``counts`` or the rows of ``X``), ``fraction`` (``pixels`` over all labelled
-        pixels, the background excluded), then one column per channel, named as the channel, holding the ``agg``
+        pixels, the background excluded), ``name`` with ``names``, then one column per channel, named as the
+        channel, holding the ``agg``
         of that channel over the metacluster's rows of ``X``: NaN for a metacluster without rows in ``X`` (e.g.
         one the sample missed) and for a channel that is NaN in all of them.
 
@@ -212,11 +216,12 @@ def metacluster_table(X, metaclusters, channels, *, counts=None, one_based=True,
     3                 3      0.25  NaN   NaN
     """
     X, ids, channels = check_pixels(X, metaclusters, channels, one_based=one_based, agg=agg)
-    clashes = sorted({c for c in channels if c in _SIZE_COLUMNS or channels.count(c) > 1})
+    taken = (*_SIZE_COLUMNS, "name") if names else _SIZE_COLUMNS
+    clashes = sorted({c for c in channels if c in taken or channels.count(c) > 1})
     if clashes:
         raise ValueError(
             f"Channel name(s) {clashes} would make clashing columns: channels must be unique and not named "
-            f"{' or '.join(map(repr, _SIZE_COLUMNS))}."
+            f"{' or '.join(map(repr, taken))}."
         )
     counts = check_counts(counts)
     sizes, values = aggregate(X, ids, agg, n_ids=0 if counts is None else len(counts) - 1)
@@ -229,4 +234,6 @@ def metacluster_table(X, metaclusters, channels, *, counts=None, one_based=True,
     table = pd.DataFrame(values, columns=channels, index=pd.RangeIndex(1, len(sizes) + 1, name="metacluster"))
     table.insert(0, "pixels", pixels)
     table.insert(1, "fraction", pixels / total if total > 0 else np.full(len(pixels), np.nan))
+    if names:
+        table.insert(2, "name", [str(names.get(k, "")) for k in table.index])
     return table

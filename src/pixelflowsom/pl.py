@@ -754,13 +754,14 @@ def som_grid(model, *, sizes=None, names=None, ax=None, title=None, save=None):
 
 #: What each rule of ``choose_n_clusters`` plots: (column, y label, description for the title).
 _N_CLUSTERS_RULES = {
+    "knee": ("log_wss", "within-cluster sum of squares (log scale)", "knee of the log within-cluster sum of squares"),
     "elbow": ("wss_smoothed", "within-cluster sum of squares", "elbow of the within-cluster sum of squares"),
     "delta_area": ("delta_area", "relative increase of the CDF area", "consensus delta area"),
 }
 
 
 def _check_choice(choice):
-    """Return ``(n_clusters, criterion, method, cdf)`` of an ``NClustersChoice``, validated."""
+    """Return ``(n_clusters, criterion, method, cdf, stability)`` of an ``NClustersChoice``, validated."""
     fields = ("n_clusters", "criterion", "method", "cdf")
     if not all(hasattr(choice, name) for name in fields) or getattr(choice, "method", None) not in _N_CLUSTERS_RULES:
         raise TypeError(
@@ -774,34 +775,65 @@ def _check_choice(choice):
             f"choice.criterion has no {column!r} column or no row k = {choice.n_clusters}; pass the NClustersChoice "
             "unchanged."
         )
-    return int(choice.n_clusters), criterion, choice.method, dict(choice.cdf)
+    stability = getattr(choice, "stability", None)  # None in choices pickled before it existed
+    return int(choice.n_clusters), criterion, choice.method, dict(choice.cdf), stability
 
 
-def _n_clusters_axes(ax, with_cdf):
-    """Return ``(fig, criterion_ax, cdf_ax or None)``: a new figure with one or two panels, or the given axes.
+def _n_clusters_axes(ax, panels):
+    """Return ``(fig, criterion_ax, extra_axes)``: a new figure with the criterion and ``panels``, or the given axes.
 
-    ``ax`` may be None, one Axes (the criterion only) or a sequence of two Axes (criterion, CDF).
+    ``panels`` names the extra panels the choice can draw (``"cdf"``, ``"stability"``). ``ax`` may be None (a new
+    figure with all of them), one Axes (the criterion only) or a sequence of ``1 + len(panels)`` Axes.
     """
     if ax is None:
-        if with_cdf:
-            fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
-            return fig, left, right
-        fig, left = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
-        return fig, left, None
+        fig, axes = plt.subplots(
+            1, 1 + len(panels), figsize=(6.0 + 5.0 * len(panels), 4.2), layout="constrained", squeeze=False
+        )
+        return fig, axes[0, 0], list(axes[0, 1:])
     if isinstance(ax, Axes):
         fig, left = _figure_and_axes(ax, None)
-        return fig, left, None
+        return fig, left, []
     axes = list(ax) if isinstance(ax, list | tuple | np.ndarray) else None
-    if axes is None or len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
-        raise TypeError(f"ax={ax!r} must be None, a matplotlib Axes or a sequence of two Axes (criterion, CDF).")
+    if axes is None or not axes or not all(isinstance(a, Axes) for a in axes):
+        raise TypeError(
+            f"ax={ax!r} must be None, a matplotlib Axes or a sequence of Axes (the criterion, then the "
+            "consensus CDF and/or the stability)."
+        )
+    if len(axes) != 1 + len(panels):
+        drawn = " and ".join(["the criterion", *(_PANEL_NAMES[p] for p in panels)])
+        raise ValueError(
+            f"ax holds {len(axes)} Axes but this choice draws {1 + len(panels)}: {drawn}; pass one Axes for the "
+            f"criterion alone or {1 + len(panels)}."
+        )
     fig, left = _figure_and_axes(axes[0], None)
-    return fig, left, axes[1]
+    return fig, left, axes[1:]
+
+
+#: How the extra panels of ``n_clusters_criterion`` are named in messages.
+_PANEL_NAMES = {"cdf": "the consensus CDF", "stability": "the stability across resamples"}
 
 
 def _integer_ticks(ax, ks):
     """Put a tick at every ``k`` (every second or fifth one when there are many)."""
     step = 1 if len(ks) <= 20 else 2 if len(ks) <= 40 else 5
     ax.set_xticks(ks[(ks - ks[0]) % step == 0])
+
+
+def _draw_knee(ax, criterion, k):
+    """WSS on a log axis, the straight line from its first to its last ``k`` and the chosen ``k`` farthest below it."""
+    ks = criterion.index.to_numpy()
+    log_wss = criterion["log_wss"].to_numpy()
+    wss = np.exp(log_wss)
+    ax.plot(ks, wss, "-o", color="tab:blue", markersize=4, label="WSS (pixel-weighted)")
+    ax.plot(ks[[0, -1]], wss[[0, -1]], "--", color="tab:orange", linewidth=1.2, label="line from first to last k")
+    if len(ks) > 1:
+        chord = np.exp(log_wss[0] + (log_wss[-1] - log_wss[0]) * (k - ks[0]) / (ks[-1] - ks[0]))
+        here = wss[ks == k][0]
+        ax.plot([k, k], [here, chord], ":", color="tab:red", linewidth=1.5, label="knee: farthest below the line")
+    ax.set_yscale("log")
+    _mark_choice(ax, k, wss[ks == k][0])
+    ax.set_ylabel(_N_CLUSTERS_RULES["knee"][1])
+    _integer_ticks(ax, ks)
 
 
 def _draw_elbow(ax, criterion, k):
@@ -817,7 +849,7 @@ def _draw_elbow(ax, criterion, k):
             ax.plot(x, intercept + slope * x, "--", color="tab:orange", linewidth=1.2)
     ax.plot([], [], "--", color="tab:orange", linewidth=1.2, label="two-line fit")
     _mark_choice(ax, k, smoothed[ks == k][0])
-    ax.set_ylabel("within-cluster sum of squares")
+    ax.set_ylabel(_N_CLUSTERS_RULES["elbow"][1])
     _integer_ticks(ax, ks)
 
 
@@ -832,7 +864,7 @@ def _draw_delta_area(ax, criterion, k):
     ax.axhline(DELTA_AREA_THRESHOLD, color="tab:red", linestyle=":", linewidth=1.2, label=label)
     ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
     _mark_choice(ax, k, delta[ks == k][0])
-    ax.set_ylabel("relative increase of the CDF area")
+    ax.set_ylabel(_N_CLUSTERS_RULES["delta_area"][1])
     _integer_ticks(ax, ks)
 
 
@@ -871,22 +903,43 @@ def _draw_cdf(ax, cdf, k):
     ax.legend(loc="upper left", fontsize="small", frameon=False)
 
 
-def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
-    """Draw how :func:`~pixelflowsom.choose_n_clusters` chose the number of clusters.
+def _draw_stability(ax, stability, k):
+    """Fraction of the resamples choosing every ``k`` (bars; the chosen ``k`` red, the others grey)."""
+    ks = stability.index.to_numpy()
+    fraction = stability.to_numpy()
+    colors = np.where(ks == k, "tab:red", "0.6")
+    ax.bar(ks, fraction, color=colors, width=0.8)
+    chosen = float(fraction[ks == k][0]) if np.any(ks == k) else 0.0
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(ks[0] - 0.6, ks[-1] + 0.6)
+    ax.set_xlabel("number of metaclusters k")
+    ax.set_ylabel("fraction of resamples choosing k")
+    ax.set_title(f"Stability: {100 * chosen:.0f} % of the resamples choose k = {k}")
+    ax.grid(True, axis="y", color="0.9", linewidth=0.6)
+    ax.set_axisbelow(True)
+    _integer_ticks(ax, ks)
 
-    The criterion against ``k`` with the chosen ``k`` marked: for the elbow, the within-cluster sum of squares (WSS)
-    and its smoothing with the two straight lines whose corner is the elbow; for the consensus delta area, the
-    relative increase of the area under the consensus CDF (symmetric log scale) with the 2 % threshold. For a
-    consensus clustering a second panel shows the consensus CDF of every ``k``: a well separated ``k`` has a CDF
-    that is flat between 0 and 1 (every pair of nodes is always or never together).
+
+def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
+    """Draw how :func:`~pixelflowsom.choose_n_clusters` chose the number of clusters, and how stable the choice is.
+
+    The criterion against ``k`` with the chosen ``k`` marked: for the knee (the default), the pixel-weighted
+    within-cluster sum of squares (WSS) on a log axis, the straight line from its first to its last ``k`` and the
+    chosen ``k``, the point farthest below that line; for the elbow, the WSS and its smoothing with the two straight
+    lines whose corner is the elbow; for the consensus delta area, the relative increase of the area under the
+    consensus CDF (symmetric log scale) with the 2 % threshold. Further panels, when the choice has them: the
+    consensus CDF of every ``k`` (a well separated ``k`` has a CDF that is flat between 0 and 1: every pair of nodes
+    is always or never together), and the stability, the fraction of resamples of the codes that chose every ``k``
+    (a clear choice is one tall red bar; bars spread over several ``k`` mean the data do not settle ``k``).
 
     Parameters
     ----------
     choice : NClustersChoice
         What ``choose_n_clusters`` returned.
-    ax : matplotlib.axes.Axes, sequence of two Axes, or None, default=None
-        Axes to draw on: one Axes gets the criterion only; two get the criterion and the CDF. ``None`` makes a new
-        figure, with the CDF panel when ``choice`` has CDF curves.
+    ax : matplotlib.axes.Axes, sequence of Axes, or None, default=None
+        Axes to draw on: one Axes gets the criterion only; a sequence gets the criterion, then the consensus CDF
+        (when ``choice`` has CDF curves), then the stability (when it has one), and must hold exactly as many Axes.
+        ``None`` makes a new figure with all the panels the choice has.
     title : str or None, default=None
         Title of the criterion axes; ``None`` names the rule and the chosen ``k``.
     save : str, path-like or None, default=None
@@ -896,6 +949,15 @@ def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
     -------
     fig : matplotlib.figure.Figure
         The figure drawn on. The criterion axes is ``fig.axes[0]``; its first line is the criterion against ``k``.
+
+    Raises
+    ------
+    TypeError
+        If ``choice`` is not an :class:`~pixelflowsom.NClustersChoice`, ``ax`` is not None, an Axes or a sequence of
+        Axes, or ``save`` is not a path.
+    ValueError
+        If ``choice.criterion`` lacks the rule's column or the chosen ``k``, or ``ax`` holds neither one Axes nor as
+        many as the choice has panels.
 
     See Also
     --------
@@ -911,22 +973,23 @@ def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
     >>> choice = choose_n_clusters(codes, max_clusters=10)
     >>> fig = pl.n_clusters_criterion(choice)
     >>> fig.axes[0].get_title()
-    'Elbow of the within-cluster sum of squares: k = 4'
+    'Knee of the log within-cluster sum of squares: k = 4'
+    >>> fig.axes[1].get_title()
+    'Stability: 100 % of the resamples choose k = 4'
     """
-    k, criterion, method, cdf = _check_choice(choice)
-    fig, criterion_ax, cdf_ax = _n_clusters_axes(ax, bool(cdf))
-    if method == "elbow":
-        _draw_elbow(criterion_ax, criterion, k)
-    else:
-        _draw_delta_area(criterion_ax, criterion, k)
+    k, criterion, method, cdf, stability = _check_choice(choice)
+    panels = (["cdf"] if cdf else []) + (["stability"] if stability is not None else [])
+    fig, criterion_ax, extra_axes = _n_clusters_axes(ax, panels)
+    {"knee": _draw_knee, "elbow": _draw_elbow, "delta_area": _draw_delta_area}[method](criterion_ax, criterion, k)
     criterion_ax.set_xlabel("number of metaclusters k")
     criterion_ax.grid(True, color="0.9", linewidth=0.6)
     criterion_ax.set_axisbelow(True)
     criterion_ax.legend(loc="upper right", fontsize="small", frameon=False)
     description = _N_CLUSTERS_RULES[method][2]
     criterion_ax.set_title(title if title is not None else f"{description[0].upper()}{description[1:]}: k = {k}")
-    if cdf_ax is not None:
-        if not cdf:
-            raise ValueError("Two axes were given but choice has no consensus CDF curves (it is not a consensus).")
-        _draw_cdf(cdf_ax, cdf, k)
+    for panel, panel_ax in zip(panels, extra_axes, strict=False):
+        if panel == "cdf":
+            _draw_cdf(panel_ax, cdf, k)
+        else:
+            _draw_stability(panel_ax, stability, k)
     return _finish(fig, save)

@@ -87,8 +87,8 @@ def flowsom(
     n_clusters : int or "auto", default=5
         Number of metaclusters, at most ``xdim * ydim``. **Extension**: ``"auto"`` chooses it from the SOM codes, up
         to the keyword ``max_clusters`` (default 20), as :class:`~pixelflowsom.PixelFlowSOM` does with
-        ``n_clusters="auto"`` (R FlowSOM's elbow); ``fsom.get_cell_data().uns["n_metaclusters"]`` and the mapping
-        give the chosen number.
+        ``n_clusters="auto"`` (the knee rule of :func:`~pixelflowsom.choose_n_clusters`);
+        ``fsom.get_cell_data().uns["n_metaclusters"]`` and the mapping give the chosen number.
     random_state : int, default=100
         Seed of the whole call: the same inputs give identical labels whatever the chunking or the scheduler.
     chunks : int, "auto" or tuple of int, optional
@@ -242,7 +242,13 @@ def flowsom(
 
         with phase("label the images and write the labels"):
             write_label_stacks(
-                sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)), scale_factors=scale_factors
+                sdata,
+                images,
+                stacks,
+                list(zip(clusters, metaclusters, strict=True)),
+                scale_factors=scale_factors,
+                # the node -> metacluster map, so that `pixelflowsom relabel` revises these labels later
+                attrs={"mapping": (estimator.node_metacluster_ + 1).tolist(), "names": {}},
             )
 
     mapping = pd.Series(
