@@ -647,7 +647,7 @@ def test_heatmap_scale_option_reaches_the_heatmap(store, monkeypatch):
     seen = []
     draw = pl.phenotype_heatmap
     monkeypatch.setattr(pl, "phenotype_heatmap", lambda *a, **k: seen.append(k["scale"]) or draw(*a, **k))
-    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet", "--no-report"]
     assert main(argv) == 0
     assert main([*argv, "--overwrite", "--heatmap-scale", "zscore"]) == 0
     assert seen == ["minmax", "zscore"]

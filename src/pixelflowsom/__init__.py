@@ -14,6 +14,7 @@ The public surface:
   and :func:`read_pixie_mapping` / :func:`write_pixie_mapping`, ark Pixie's mapping CSV;
 * :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom version is loaded;
 * :mod:`pixelflowsom.pl`, pictures of the results (imported on first use: it needs matplotlib);
+* :func:`report`, the self-contained HTML report of a run, from what its store holds (imported on first use);
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "pl",
     "read_image",
     "read_pixie_mapping",
+    "report",
     "revise_mapping",
     "sample_pixels",
     "update_metaclusters",
@@ -54,4 +56,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module("pixelflowsom.pl")
+    if name == "report":  # matplotlib and jinja2 too
+        from ._report import report
+
+        return report
     raise AttributeError(f"module 'pixelflowsom' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``pixelflowsom`` command line: ``demo``, ``import``, ``cluster``, ``apply`` and ``relabel``."""
+"""The ``pixelflowsom`` command line: ``demo``, ``import``, ``cluster``, ``apply``, ``relabel`` and ``report``."""
 
 from __future__ import annotations
 
@@ -151,6 +151,7 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> tuple[list[st
     record = {
         "mapping": (som.node_metacluster_ + 1).tolist(),
         "names": {str(k): v for k, v in getattr(som, "metacluster_names_", {}).items()},
+        "run": run_record(args, model, images),  # what `report` shows of the run that made these labels
     }
     with phase("label the images and write the labels"):
         write_label_stacks(sdata, images, stacks, list(zip(clusters, metaclusters, strict=True)), attrs=record)
@@ -162,6 +163,84 @@ def _label_and_write(args, sdata, store, images, arrays, model) -> tuple[list[st
         ),
     )
     return clusters, metaclusters
+
+
+def run_record(args, model, images) -> dict:
+    """Describe the run that fitted ``model`` as JSON values kept with its labels (for ``pixelflowsom report``).
+
+    Keys: ``command`` (the command line, as typed), ``images`` (the images the run labelled), ``channels``, ``xdim``,
+    ``ydim``, ``codes`` (the SOM codes, ``n_nodes x n_channels``), ``params`` (the PixelFlowSOM's parameters),
+    ``preprocessing`` (the PixelPreprocessor's parameters, or None), ``n_samples_fit``, ``quantization_error``,
+    ``seconds`` (per phase, the phases so far), ``versions`` and ``n_clusters_choice`` (for ``--n-clusters auto``:
+    ``method``, ``n_clusters``, ``criterion`` as ``{column: values}`` over ``k``, and ``stability``; else None).
+    """
+    import platform
+    import shlex
+
+    import dask
+    import numpy as np
+    import sklearn
+    import spatialdata
+
+    from . import __version__
+
+    som = _flowsom(model)
+    params = {
+        k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v) for k, v in som.get_params().items()
+    }
+    preprocessing = None
+    if hasattr(model, "steps"):
+        preprocessing = {
+            k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+            for k, v in model[0].get_params().items()
+        }
+    choice = getattr(som, "n_clusters_choice_", None)
+    choice_record = None
+    if choice is not None:
+        criterion = choice.criterion
+        choice_record = {
+            "method": choice.method,
+            "n_clusters": int(choice.n_clusters),
+            "k": [int(k) for k in criterion.index],
+            "criterion": {c: [None if np.isnan(v) else float(v) for v in criterion[c]] for c in criterion.columns},
+            "stability": None if choice.stability is None else {int(k): float(v) for k, v in choice.stability.items()},
+        }
+    return {
+        "command": shlex.join(["pixelflowsom", *getattr(args, "argv", [])]),
+        "images": list(images),
+        "channels": [str(c) for c in som.channels_],
+        "xdim": int(som.xdim),
+        "ydim": int(som.ydim),
+        "codes": np.asarray(som.codes_, dtype=np.float64).round(6).tolist(),
+        "params": params,
+        "preprocessing": preprocessing,
+        "n_samples_fit": int(som.n_samples_fit_),
+        "quantization_error": float(som.quantization_error_),
+        "seconds": dict(getattr(args, "seconds", {})),
+        "versions": {
+            "pixelflowsom": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "dask": dask.__version__,
+            "spatialdata": spatialdata.__version__,
+        },
+        "n_clusters_choice": choice_record,
+    }
+
+
+class _PhaseSeconds(dict):
+    """Seconds per phase of the package's ``_log.phase`` blocks, collected while registered as a listener."""
+
+    def __init__(self):
+        super().__init__()
+        self._started = {}
+
+    def __call__(self, event: str, name: str) -> None:
+        if event == "start":
+            self._started[name] = time.perf_counter()
+        elif name in self._started:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - self._started.pop(name), 3)
 
 
 def _label_counts(sdata, names, n_ids):
@@ -492,6 +571,11 @@ def _cluster(args) -> int:
     folder = _pictures_folder(args, store)
     for path in _save_pictures(folder, sdata, labels[1], model, counts, sample, args.heatmap_scale):
         print(f"{'Table' if path.suffix == '.csv' else 'Picture'}: {path}")
+    if not args.no_report:
+        t0 = time.perf_counter()
+        with _computing(args):
+            path = _write_report(args, store, images, *labels)
+        print(f"Report: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -695,6 +779,9 @@ def _relabel(args) -> int:
             _print_metacluster_counts(sdata, metaclusters, int(mapping.max()), names)
         for path in _save_metacluster_images(_pictures_folder(args, store), sdata, metaclusters, names or None):
             print(f"Picture: {path}")
+        if not args.no_report:
+            with _computing(args):
+                print(f"Report: {_write_report(args, store, images, clusters, metaclusters)}")
     else:
         _say("Nothing to change (no --merge, --move, --name or --mapping).")
     if args.export_mapping is not None:
@@ -709,6 +796,32 @@ def _check_outputs_relabel(sdata, images, metaclusters):
 
     # Passed as the metacluster outputs (the SOM-node elements are inputs here): overwriting them is the point.
     check_output_names(sdata, images, [], metaclusters, True, overwrite_hint="pass --overwrite")
+
+
+def _report(args) -> int:
+    store = Path(args.store)
+    _open_store(store)  # a readable store, or exit 2
+    clusters, metaclusters = _outputs(args, args.image)
+    with _computing(args):
+        path = _write_report(args, store, args.image, clusters, metaclusters, out=args.out)
+    print(f"Report: {path}")
+    return 0
+
+
+def _write_report(args, store, images, clusters, metaclusters, *, out=None) -> Path:
+    """Write the HTML report of the images' labels (``pixelflowsom.report``); return its path."""
+    from . import report
+    from ._log import phase
+
+    with phase("write the report"):
+        return report(
+            store,
+            images,
+            out=out,
+            cluster_labels=clusters,
+            metacluster_labels=metaclusters,
+            seconds=dict(getattr(args, "seconds", {})),
+        )
 
 
 def _pictures_folder(args, store: Path) -> Path:
@@ -796,6 +909,7 @@ def _add_common(parser, *, training):
             "default), or z-scored across them (zscore)",
         )
         _add_preprocessing(parser)
+        _add_no_report(parser)
     else:
         parser.add_argument(
             "--force",
@@ -803,6 +917,12 @@ def _add_common(parser, *, training):
             help="label images whose pixels are far from the training pixels (refused otherwise: e.g. raw counts "
             "given to a model trained on preprocessed pixels)",
         )
+
+
+def _add_no_report(parser):
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write the HTML report next to the store (see `report`)"
+    )
 
 
 def _add_preprocessing(parser):
@@ -936,6 +1056,30 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--quiet", action="store_true", help="show no progress")
     importer.set_defaults(func=_import, scheduler="threads")
 
+    reporter = sub.add_parser(
+        "report",
+        help="write the HTML report of a run from what the store holds",
+        description="Write one self-contained HTML page (pictures embedded; opens without network access) about the "
+        "labels of the images: metacluster images, channel medians per metacluster and per SOM node, the SOM grid, "
+        "metacluster proportions per FOV, FOVs whose channel medians drift from the cohort's, the criterion of "
+        "--n-clusters auto, and the run (parameters, timings, versions, command). It reads only the store: the "
+        "labels elements, the images (once) and what cluster recorded with the labels.",
+    )
+    reporter.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
+    reporter.add_argument("--image", action="append", required=True, metavar="NAME", help="image (repeat)")
+    reporter.add_argument(
+        "--cluster-labels", nargs="+", metavar="NAME", help="SOM-node labels elements (default: IMAGE_som_clusters)"
+    )
+    reporter.add_argument(
+        "--metacluster-labels", nargs="+", metavar="NAME", help="metacluster labels (default: IMAGE_metaclusters)"
+    )
+    reporter.add_argument("--out", metavar="FILE.html", help="the report (default: STORE_report.html next to STORE)")
+    reporter.add_argument(
+        "--scheduler", default="threads", help="dask scheduler: threads (default), processes, or a scheduler ADDRESS"
+    )
+    reporter.add_argument("--quiet", action="store_true", help="show no progress")
+    reporter.set_defaults(func=_report)
+
     relabel = sub.add_parser(
         "relabel",
         help="merge, move and name metaclusters of a store's labels, without the model or the images",
@@ -981,6 +1125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", default="threads", help="dask scheduler: threads (default), processes, or a scheduler ADDRESS"
     )
     relabel.add_argument("--quiet", action="store_true", help="show no progress")
+    _add_no_report(relabel)
     relabel.set_defaults(func=_relabel)
 
     apply = sub.add_parser(
@@ -1004,14 +1149,22 @@ def main(argv=None) -> int:
     logging.getLogger("ome_zarr").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from . import _log
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    args.seconds = _PhaseSeconds()
+    _log.add_listener(args.seconds)
     try:
         return args.func(args)
     except _UsageError as error:
         parser.exit(2, f"pixelflowsom {args.command}: error: {error}\n")
     except _USER_ERRORS as error:
         parser.exit(2, f"pixelflowsom {args.command}: error: {_message(error)}\n")
+    finally:
+        _log.remove_listener(args.seconds)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,14 @@
 * :func:`phenotype_heatmap` / :func:`phenotype_heatmap_from_fsom`: the median channel intensity of every metacluster,
   scaled per channel to [0, 1] (or z-scored), as pixel-clustering papers show phenotypes; its numbers, unscaled, are
   :func:`~pixelflowsom.metacluster_table`;
-* :func:`som_grid`: the SOM grid, nodes coloured by metacluster (and sized by their pixels when known).
+* :func:`node_heatmap`: the channel intensities of every SOM node (e.g. its code), ids boxed in their metacluster's
+  colour;
+* :func:`som_grid` / :func:`som_grid_from_arrays`: the SOM grid, nodes coloured by metacluster (and sized by their
+  pixels when known).
 * :func:`n_clusters_criterion`: how the number of metaclusters was chosen (the criterion against ``k``).
+* :func:`metacluster_proportions`: the share of every metacluster in every image (FOV), one stacked bar per FOV;
+* :func:`drift_heatmap`: how far every FOV's channel medians lie from the cohort's (robust z-scores), drifting FOVs
+  marked.
 
 Metaclusters are **1-based** in every picture, as in the label images that :meth:`PixelFlowSOM.predict
 <pixelflowsom.PixelFlowSOM.predict>` returns (0 is the background: pixels with a NaN channel). The fitted
@@ -38,14 +44,24 @@ try:
     from matplotlib.axes import Axes
     from matplotlib.collections import PatchCollection
     from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, to_rgba
-    from matplotlib.patches import Circle, Patch
+    from matplotlib.patches import Circle, Patch, Rectangle
 except ImportError as error:  # pragma: no cover - matplotlib is installed wherever the tests run
     raise ImportError(
         "pixelflowsom.pl needs matplotlib; install it with `pip install matplotlib`. The rest of pixelflowsom "
         "works without it."
     ) from error
 
-__all__ = ["metacluster_image", "n_clusters_criterion", "phenotype_heatmap", "phenotype_heatmap_from_fsom", "som_grid"]
+__all__ = [
+    "drift_heatmap",
+    "metacluster_image",
+    "metacluster_proportions",
+    "n_clusters_criterion",
+    "node_heatmap",
+    "phenotype_heatmap",
+    "phenotype_heatmap_from_fsom",
+    "som_grid",
+    "som_grid_from_arrays",
+]
 
 #: Colour of label 0 (background: pixels with a NaN channel).
 _BACKGROUND = (0.0, 0.0, 0.0, 1.0)
@@ -695,6 +711,57 @@ def som_grid(model, *, sizes=None, names=None, ax=None, title=None, save=None):
     """
     names = _check_names(names)
     xdim, ydim, node_metacluster, default_sizes, unit = _som_layout(model)
+    return _draw_som_grid(xdim, ydim, node_metacluster, sizes, default_sizes, unit, names, ax, title, save)
+
+
+def som_grid_from_arrays(xdim, ydim, node_metacluster, *, sizes=None, names=None, ax=None, title=None, save=None):
+    """Draw the SOM grid of :func:`som_grid` from plain arrays, without a fitted model (e.g. from a saved record).
+
+    Parameters
+    ----------
+    xdim, ydim : int
+        Width and height of the SOM grid.
+    node_metacluster : array-like of int, shape (xdim * ydim,)
+        The **1-based** metacluster of every node, in FlowSOM's node order (what ``cluster`` records as its
+        ``"mapping"``).
+    sizes : array-like of shape (xdim * ydim,) or None, default=None
+        Pixels per node (circle areas are proportional to them), e.g. ``np.bincount`` of the SOM-node labels without
+        its background entry; ``None`` draws equal circles labelled with their metacluster.
+    names : mapping of int to str or None, default=None
+        Names of metaclusters by 1-based id.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the grid.
+    title : str or None, default=None
+        Title of the axes; ``None`` describes the grid.
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on. The nodes are ``fig.axes[0].collections[0]``, in node order.
+
+    Examples
+    --------
+    >>> from pixelflowsom import pl
+    >>> fig = pl.som_grid_from_arrays(2, 2, [1, 1, 2, 3], sizes=[10, 0, 5, 1])
+    >>> len(fig.axes[0].collections[0].get_paths())
+    4
+    """
+    names = _check_names(names)
+    for value, what in ((xdim, "xdim"), (ydim, "ydim")):
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{what}={value!r} must be a positive integer.")
+    node_metacluster = np.asarray(node_metacluster)
+    if node_metacluster.dtype.kind not in "iu" or (node_metacluster.size and node_metacluster.min() < 0):
+        raise ValueError("node_metacluster must hold non-negative integer (1-based) metacluster ids.")
+    return _draw_som_grid(
+        int(xdim), int(ydim), node_metacluster.astype(np.int64), sizes, None, "pixels", names, ax, title, save
+    )
+
+
+def _draw_som_grid(xdim, ydim, node_metacluster, sizes, default_sizes, unit, names, ax, title, save):
+    """Draw the grid of ``som_grid``: validated ``names``, 1-based ``node_metacluster``; ``sizes`` as given."""
     n_nodes = xdim * ydim
     if node_metacluster.shape != (n_nodes,):
         raise ValueError(
@@ -992,4 +1059,234 @@ def n_clusters_criterion(choice, *, ax=None, title=None, save=None):
             _draw_cdf(panel_ax, cdf, k)
         else:
             _draw_stability(panel_ax, stability, k)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------- SOM nodes
+
+
+def node_heatmap(
+    values, channels, *, node_metacluster=None, counts=None, scale="zscore", ax=None, title=None, save=None
+):
+    """Heatmap of the channel intensities of every SOM node: channels x nodes.
+
+    Parameters
+    ----------
+    values : array-like of shape (n_nodes, n_channels)
+        One row per node, e.g. the SOM codes or the median intensity of the pixels of every node. NaN is grey.
+    channels : list of str
+        Names of the ``n_channels`` channels.
+    node_metacluster : array-like of int, shape (n_nodes,), or None, default=None
+        The **1-based** metacluster of every node: the node ids on the bottom axis are boxed in their metacluster's
+        colour (that of :func:`metacluster_image`); ``None`` leaves them plain.
+    counts : array-like of int, shape (n_nodes,), or None, default=None
+        Pixels of every node, shown on the top axis; ``None`` shows none.
+    scale : {"minmax", "zscore", None}, default="zscore"
+        How every channel (row) is scaled across the nodes, as in :func:`phenotype_heatmap`.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the table.
+    title : str or None, default=None
+        Title of the axes; ``None`` says "Channel intensity per SOM node".
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on; the heatmap is ``fig.axes[0].images[0]``, its array ``(n_channels, n_nodes)``.
+
+    Examples
+    --------
+    >>> from pixelflowsom import pl
+    >>> fig = pl.node_heatmap([[1.0, 0.0], [3.0, 2.0]], ["CD3", "CD20"], node_metacluster=[1, 2], scale=None)
+    >>> fig.axes[0].images[0].get_array().tolist()
+    [[1.0, 3.0], [0.0, 2.0]]
+    """
+    scale = _check_scale(scale)
+    values = np.asarray(values, dtype=np.float64)
+    channels = [str(c) for c in channels]
+    if values.ndim != 2 or values.shape[1] != len(channels) or values.shape[0] < 1:
+        raise ValueError(f"values must be (n_nodes, {len(channels)}) for {len(channels)} channels, got {values.shape}.")
+    n_nodes = values.shape[0]
+    counts = np.zeros(n_nodes, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    if counts.shape != (n_nodes,):
+        raise ValueError(f"counts must hold one number per node ({n_nodes}), got shape {counts.shape}.")
+    nodes = np.arange(1, n_nodes + 1)
+    if ax is None and n_nodes > 20:  # narrower columns than the metacluster heatmap's: grids have 100 nodes or more
+        _, ax = _figure_and_axes(None, (0.17 * n_nodes + 3.0, max(3.0, 0.26 * len(channels) + 2.8)))
+    fig = _draw_heatmap(
+        nodes,
+        counts,
+        values,
+        channels,
+        ax=ax,
+        agg="median" if scale is None else "code",
+        scale=scale,
+        title=title if title is not None else "Channel intensity per SOM node",
+        save=None,
+        count_label="pixels in the image(s)",
+    )
+    ax = fig.axes[0]
+    ax.set_xlabel("SOM node (boxed in the colour of its metacluster)" if node_metacluster is not None else "SOM node")
+    ticks = ax.get_xticklabels()
+    if node_metacluster is not None:
+        node_metacluster = np.asarray(node_metacluster, dtype=np.int64)
+        if node_metacluster.shape != (n_nodes,):
+            raise ValueError(f"node_metacluster must hold one id per node ({n_nodes}), got {node_metacluster.shape}.")
+        colours = _metacluster_colors(node_metacluster)
+    else:
+        colours = np.tile(to_rgba("white"), (n_nodes, 1))
+    for tick, colour in zip(ticks, colours, strict=True):
+        tick.set_color(_text_color(colour))
+        tick.set_bbox({"facecolor": colour, "edgecolor": "none", "boxstyle": "round,pad=0.2"})
+        if n_nodes > 40:
+            tick.set_fontsize("xx-small")
+    if n_nodes > 20:
+        ax.tick_params(axis="x", labelrotation=90)
+        for top in ax.child_axes:  # the pixels per node
+            top.tick_params(axis="x", labelrotation=90)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------- cohorts
+
+
+def metacluster_proportions(counts, fov_names, *, names=None, ax=None, title=None, save=None):
+    """Stacked bars of the share of every metacluster in every FOV (image): one bar per FOV.
+
+    Parameters
+    ----------
+    counts : array-like of int, shape (n_fovs, n_ids)
+        Pixels per FOV (row) and **1-based** metacluster id (column ``k``; column 0, the background, is left out),
+        e.g. ``np.bincount(labels.ravel(), minlength=n_ids)`` of every FOV's metacluster labels.
+    fov_names : list of str
+        Names of the FOVs, one per row of ``counts``.
+    names : mapping of int to str or None, default=None
+        Names of metaclusters by 1-based id, added to their legend entries.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the FOVs.
+    title : str or None, default=None
+        Title of the axes; ``None`` says "Metacluster proportions per FOV".
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on; ``fig.axes[0].containers`` holds one bar container per metacluster with pixels, in id
+        order, each with one bar per FOV (its height the metacluster's fraction of the FOV's labelled pixels).
+
+    Examples
+    --------
+    >>> from pixelflowsom import pl
+    >>> fig = pl.metacluster_proportions([[5, 1, 3], [0, 2, 2]], ["fov0", "fov1"])
+    >>> [float(bar.get_height()) for bar in fig.axes[0].containers[0]]
+    [0.25, 0.5]
+    """
+    names = _check_names(names)
+    counts = np.asarray(counts)
+    fov_names = [str(n) for n in fov_names]
+    if counts.ndim != 2 or counts.shape[0] != len(fov_names) or counts.shape[0] < 1:
+        raise ValueError(
+            f"counts must be (n_fovs, n_ids) with one row per FOV ({len(fov_names)}), got shape {counts.shape}."
+        )
+    if counts.dtype.kind not in "iuf" or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError("counts must be finite non-negative numbers of pixels.")
+    labelled = counts[:, 1:].astype(np.float64)
+    totals = labelled.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fractions = np.where(totals > 0, labelled / np.where(totals > 0, totals, 1.0), 0.0)
+    present = np.flatnonzero(labelled.sum(axis=0) > 0) + 1
+    entries = [f"metacluster {_metacluster_label(k, names)}" for k in present]
+    longest = max(map(len, fov_names))
+    figsize = (max(3.5, 0.45 * len(fov_names) + 1.5) + _legend_width(entries), 4.0 + 0.06 * min(longest, 40))
+    fig, ax = _figure_and_axes(ax, figsize)
+    positions = np.arange(len(fov_names))
+    bottom = np.zeros(len(fov_names))
+    colours = _metacluster_colors(present)
+    for k, colour, entry in zip(present, colours, entries, strict=True):
+        ax.bar(positions, fractions[:, k - 1], bottom=bottom, color=colour, width=0.8, label=entry, linewidth=0)
+        bottom += fractions[:, k - 1]
+    ax.set_xticks(positions, labels=fov_names, rotation=90 if longest > 6 or len(fov_names) > 12 else 0)
+    ax.set_xlim(-0.6, len(fov_names) - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of the FOV's labelled pixels")
+    ax.set_xlabel("FOV")
+    ax.set_title(title if title is not None else "Metacluster proportions per FOV")
+    if len(present) <= _MAX_LEGEND:
+        _legend(ax, colours, entries)
+    return _finish(fig, save)
+
+
+def drift_heatmap(z, fov_names, channels, *, flagged=None, threshold=None, ax=None, title=None, save=None):
+    """Heatmap of how far every FOV's channel medians lie from the cohort's: FOVs x channels of robust z-scores.
+
+    Parameters
+    ----------
+    z : array-like of shape (n_fovs, n_channels)
+        Robust z-score of every FOV's median of every channel against the cohort (see ``pixelflowsom.report`` for
+        the rule); NaN is grey.
+    fov_names : list of str
+        Names of the FOVs, one per row.
+    channels : list of str
+        Names of the channels, one per column.
+    flagged : array-like of bool, shape (n_fovs,), or None, default=None
+        FOVs that drift: their names are red, bold and marked "(drift)".
+    threshold : float or None, default=None
+        The flagging threshold of ``|z|``: cells beyond it are outlined; ``None`` outlines none.
+    ax : matplotlib.axes.Axes or None, default=None
+        Axes to draw on; ``None`` makes a new figure sized to the table.
+    title : str or None, default=None
+        Title of the axes; ``None`` describes the values.
+    save : str, path-like or None, default=None
+        Save the figure there (format from the suffix, PNG without one, 150 dpi).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        The figure drawn on; the heatmap is ``fig.axes[0].images[0]``, its array ``(n_fovs, n_channels)``.
+
+    Examples
+    --------
+    >>> from pixelflowsom import pl
+    >>> fig = pl.drift_heatmap([[0.1, -0.2], [5.0, 0.3]], ["a", "b"], ["CD3", "CD20"], flagged=[False, True])
+    >>> [tick.get_text() for tick in fig.axes[0].get_yticklabels()]
+    ['a', 'b (drift)']
+    """
+    z = np.asarray(z, dtype=np.float64)
+    fov_names = [str(n) for n in fov_names]
+    channels = [str(c) for c in channels]
+    if z.ndim != 2 or z.shape != (len(fov_names), len(channels)) or z.size == 0:
+        raise ValueError(f"z must be (n_fovs, n_channels) = ({len(fov_names)}, {len(channels)}), got shape {z.shape}.")
+    flagged = np.zeros(len(fov_names), dtype=bool) if flagged is None else np.asarray(flagged, dtype=bool)
+    if flagged.shape != (len(fov_names),):
+        raise ValueError(f"flagged must hold one bool per FOV ({len(fov_names)}), got shape {flagged.shape}.")
+    finite = np.abs(z[np.isfinite(z)])
+    limit = max(float(finite.max()) if finite.size else 1.0, float(threshold or 0.0) * 1.2, 1.0)
+    labels = [f"{n} (drift)" if f else n for n, f in zip(fov_names, flagged, strict=True)]
+    figsize = (
+        max(4.0, 0.3 * len(channels) + 0.08 * max(map(len, labels)) + 2.5),
+        max(2.5, 0.3 * len(fov_names) + 0.08 * max(map(len, channels)) + 1.5),
+    )
+    fig, ax = _figure_and_axes(ax, figsize)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
+    image = ax.imshow(z, cmap=cmap, norm=Normalize(-limit, limit), aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="robust z of the log channel median")
+    ax.set_xticks(np.arange(len(channels)), labels=channels, rotation=90, fontsize="small")
+    ax.set_yticks(np.arange(len(fov_names)), labels=labels, fontsize="small")
+    for tick, drifts in zip(ax.get_yticklabels(), flagged, strict=True):
+        if drifts:
+            tick.set_color("tab:red")
+            tick.set_fontweight("bold")
+    if threshold is not None:
+        for i, j in zip(*np.nonzero(np.abs(np.nan_to_num(z)) > threshold), strict=True):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    ax.set_xlabel("channel")
+    ax.set_ylabel("FOV")
+    ax.tick_params(length=0)
+    if title is None:
+        title = "Channel medians per FOV against the cohort" + (
+            f"\n(outlined: |z| > {threshold:g})" if threshold is not None else ""
+        )
+    ax.set_title(title)
     return _finish(fig, save)
