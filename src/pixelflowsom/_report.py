@@ -432,7 +432,7 @@ def _figures(data: ReportData, sdata) -> dict:
                 counts=total,
                 names=names,
                 scale="zscore",
-                title="Median intensity per metacluster (sampled pixels), z-scored per channel",
+                title="Median per metacluster, z-scored",
             )
         )
     node_total = data.node_counts.sum(axis=0)
