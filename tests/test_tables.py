@@ -199,3 +199,12 @@ def test_names_column_follows_fraction():
     assert "name" not in metacluster_table(X, [1, 1, 2], ["CD3", "CD20"], names={}).columns
     with pytest.raises(ValueError, match="must be unique and not named"):
         metacluster_table(X, [1, 1, 2], ["name", "CD20"], names={1: "x"})
+
+
+def test_label_counts_equal_numpys_bincount_whatever_the_chunks():
+    import dask
+
+    labels = np.random.default_rng(0).integers(0, 7, size=(50, 70)).astype(np.uint8)
+    for chunks in ((50, 70), (16, 30), (7, 70)):
+        counts = dask.compute(_tables.label_counts(da.from_array(labels, chunks=chunks)))[0]
+        np.testing.assert_array_equal(counts, np.bincount(labels.ravel()))

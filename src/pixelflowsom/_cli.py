@@ -184,16 +184,12 @@ def run_record(args, model, images) -> dict:
 
     from . import __version__
 
+    def plain(params):  # JSON values as they are, anything else (tuples, estimators) as its repr
+        return {k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v) for k, v in params.items()}
+
     som = _flowsom(model)
-    params = {
-        k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v) for k, v in som.get_params().items()
-    }
-    preprocessing = None
-    if hasattr(model, "steps"):
-        preprocessing = {
-            k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
-            for k, v in model[0].get_params().items()
-        }
+    params = plain(som.get_params())
+    preprocessing = plain(model[0].get_params()) if hasattr(model, "steps") else None
     choice = getattr(som, "n_clusters_choice_", None)
     choice_record = None
     if choice is not None:
@@ -229,31 +225,46 @@ def run_record(args, model, images) -> dict:
     }
 
 
-class _PhaseSeconds(dict):
-    """Seconds per phase of the package's ``_log.phase`` blocks, collected while registered as a listener."""
+@contextmanager
+def _phase_seconds():
+    """Yield a dict that collects the seconds of every phase the package logs while the block runs.
 
-    def __init__(self):
-        super().__init__()
-        self._started = {}
+    The package logs every phase to the ``"pixelflowsom"`` logger at ``INFO``, with the attributes ``phase`` and
+    ``seconds`` (its documented interface); a handler on that logger sums them per phase. The logger's level is
+    lowered to ``INFO`` for the block only; the handler prints nothing.
+    """
+    import logging
 
-    def __call__(self, event: str, name: str) -> None:
-        if event == "start":
-            self._started[name] = time.perf_counter()
-        elif name in self._started:
-            self[name] = round(self.get(name, 0.0) + time.perf_counter() - self._started.pop(name), 3)
+    seconds = {}
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            name = getattr(record, "phase", None)
+            if name is not None:
+                seconds[name] = round(seconds.get(name, 0.0) + record.seconds, 3)
+
+    logger = logging.getLogger("pixelflowsom")
+    handler, level = Collect(level=logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield seconds
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _label_counts(sdata, names, n_ids):
     """Pixels of every id ``0..n_ids`` summed over the labels elements ``names`` (one dask computation)."""
     import dask
-    import dask.array as da
     import numpy as np
 
     from ._log import phase
+    from ._tables import label_counts
 
     with phase("count the labelled pixels"):
-        counts = dask.compute(*(da.bincount(sdata.labels[name].data.ravel(), minlength=n_ids + 1) for name in names))
-    return np.sum([c[: n_ids + 1] for c in counts], axis=0)
+        counts = dask.compute(*(label_counts(sdata.labels[name].data) for name in names))
+    return np.sum([np.pad(c[: n_ids + 1], (0, max(0, n_ids + 1 - len(c)))) for c in counts], axis=0)
 
 
 def _outputs(args, images) -> tuple[list[str], list[str]]:
@@ -831,13 +842,10 @@ def _pictures_folder(args, store: Path) -> Path:
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_common(parser, *, training):
-    from . import PixelFlowSOM
-
+def _add_labels(parser, image_help: str) -> None:
+    """Add the store, its images and the names of their labels elements, as every command on a store takes them."""
     parser.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
-    parser.add_argument(
-        "--image", action="append", required=True, metavar="NAME", help="image element to label (repeat for several)"
-    )
+    parser.add_argument("--image", action="append", required=True, metavar="NAME", help=image_help)
     parser.add_argument(
         "--cluster-labels",
         nargs="+",
@@ -850,19 +858,30 @@ def _add_common(parser, *, training):
         metavar="NAME",
         help="names of the metacluster labels elements, one per image (default: IMAGE_metaclusters)",
     )
-    parser.add_argument(
-        "--chunks", help="chunks for labelling: 'auto', one int, or c,y,x sizes (c,z,y,x for 3D), e.g. 20,1024,1024"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing labels elements of those names")
+
+
+def _add_dask(parser) -> None:
+    """Add ``--scheduler`` and ``--quiet``: where the dask work of a command runs, and whether its progress shows."""
     parser.add_argument(
         "--scheduler",
         default="threads",
         help="dask scheduler: threads (default), processes, or the ADDRESS of a dask.distributed scheduler",
     )
-    parser.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
     parser.add_argument(
         "--quiet", action="store_true", help="show no progress of the dask computations (shown on stderr otherwise)"
     )
+
+
+def _add_common(parser, *, training):
+    from . import PixelFlowSOM
+
+    _add_labels(parser, "image element to label (repeat for several)")
+    parser.add_argument(
+        "--chunks", help="chunks for labelling: 'auto', one int, or c,y,x sizes (c,z,y,x for 3D), e.g. 20,1024,1024"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing labels elements of those names")
+    _add_dask(parser)
+    parser.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
     if training:
         parser.add_argument(
             "--channels", nargs="+", metavar="CHANNEL", help="channels to cluster on (default: all of the first image)"
@@ -1065,19 +1084,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-clusters auto, and the run (parameters, timings, versions, command). It reads only the store: the "
         "labels elements, the images (once) and what cluster recorded with the labels.",
     )
-    reporter.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
-    reporter.add_argument("--image", action="append", required=True, metavar="NAME", help="image (repeat)")
-    reporter.add_argument(
-        "--cluster-labels", nargs="+", metavar="NAME", help="SOM-node labels elements (default: IMAGE_som_clusters)"
-    )
-    reporter.add_argument(
-        "--metacluster-labels", nargs="+", metavar="NAME", help="metacluster labels (default: IMAGE_metaclusters)"
-    )
+    _add_labels(reporter, "image to report on (repeat for several)")
     reporter.add_argument("--out", metavar="FILE.html", help="the report (default: STORE_report.html next to STORE)")
-    reporter.add_argument(
-        "--scheduler", default="threads", help="dask scheduler: threads (default), processes, or a scheduler ADDRESS"
-    )
-    reporter.add_argument("--quiet", action="store_true", help="show no progress")
+    _add_dask(reporter)
     reporter.set_defaults(func=_report)
 
     relabel = sub.add_parser(
@@ -1089,19 +1098,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written in the labels elements (1-based). Merged metaclusters take the smallest id of their group; then ids "
         "are renumbered densely, in their order. Crash-safe: every element stays old or new, whole.",
     )
-    relabel.add_argument("store", help="SpatialData zarr store (e.g. sample.zarr)")
-    relabel.add_argument(
-        "--image", action="append", required=True, metavar="NAME", help="image whose labels to revise (repeat)"
-    )
-    relabel.add_argument(
-        "--cluster-labels", nargs="+", metavar="NAME", help="SOM-node labels elements (default: IMAGE_som_clusters)"
-    )
-    relabel.add_argument(
-        "--metacluster-labels",
-        nargs="+",
-        metavar="NAME",
-        help="metacluster labels elements to rewrite (default: IMAGE_metaclusters)",
-    )
+    _add_labels(relabel, "image whose labels to revise (repeat for several)")
     relabel.add_argument(
         "--merge",
         nargs="+",
@@ -1121,10 +1118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-mapping", metavar="FILE.csv", help="write the (revised) mapping as ark Pixie's pixel mapping CSV"
     )
     relabel.add_argument("--pictures", metavar="DIR", help="where to save the pictures (default: STORE_pictures/)")
-    relabel.add_argument(
-        "--scheduler", default="threads", help="dask scheduler: threads (default), processes, or a scheduler ADDRESS"
-    )
-    relabel.add_argument("--quiet", action="store_true", help="show no progress")
+    _add_dask(relabel)
     _add_no_report(relabel)
     relabel.set_defaults(func=_relabel)
 
@@ -1149,22 +1143,17 @@ def main(argv=None) -> int:
     logging.getLogger("ome_zarr").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from . import _log
-
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    args.seconds = _PhaseSeconds()
-    _log.add_listener(args.seconds)
-    try:
-        return args.func(args)
-    except _UsageError as error:
-        parser.exit(2, f"pixelflowsom {args.command}: error: {error}\n")
-    except _USER_ERRORS as error:
-        parser.exit(2, f"pixelflowsom {args.command}: error: {_message(error)}\n")
-    finally:
-        _log.remove_listener(args.seconds)
+    with _phase_seconds() as args.seconds:
+        try:
+            return args.func(args)
+        except _UsageError as error:
+            parser.exit(2, f"pixelflowsom {args.command}: error: {error}\n")
+        except _USER_ERRORS as error:
+            parser.exit(2, f"pixelflowsom {args.command}: error: {_message(error)}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover
