@@ -48,6 +48,16 @@ def snapshot(path):
     return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in Path(path).rglob("*")}
 
 
+def refused(argv, capsys, target):
+    """Run ``pixelflowsom ARGV``, which must exit with code 2 and leave ``target`` as it was; return its stderr."""
+    before = snapshot(target)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert snapshot(target) == before
+    return capsys.readouterr().err
+
+
 @pytest.fixture
 def store(tmp_path):
     return write_store(tmp_path / "sample.zarr", seeds=(0, 1))
@@ -152,26 +162,17 @@ CLUSTER_ERRORS = [
 
 @pytest.mark.parametrize(("extra", "message"), CLUSTER_ERRORS)
 def test_cluster_errors_exit_2_and_leave_store(store, extra, message, capsys):
-    before = snapshot(store)
-    with pytest.raises(SystemExit) as exc:
-        main(["cluster", str(store), *extra])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = refused(["cluster", str(store), *extra], capsys, store)
     assert message in err
     assert err.count("\n") == 1
     assert err.startswith("pixelflowsom cluster: error: ")
-    assert snapshot(store) == before
 
 
 def test_existing_output_needs_overwrite(store, capsys):
     assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]) == 0
     capsys.readouterr()
-    before = snapshot(store)
-    with pytest.raises(SystemExit) as exc:
-        main(["cluster", str(store), "--image", "img0", "--n-clusters", "3"])
-    assert exc.value.code == 2
-    assert "'img0_som_clusters' already exists in sdata; pass --overwrite to replace it" in capsys.readouterr().err
-    assert snapshot(store) == before
+    err = refused(["cluster", str(store), "--image", "img0", "--n-clusters", "3"], capsys, store)
+    assert "'img0_som_clusters' already exists in sdata; pass --overwrite to replace it" in err
     argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "4", "--overwrite", "--quiet"]
     assert main([*argv, "--save-model", str(store.parent / "model.joblib")]) == 0
     import joblib
@@ -209,15 +210,9 @@ def test_apply_errors(store, tmp_path, capsys):
         ([str(fewer_channels), "--image", "img0", "--model", str(model)], "['marker_04', 'marker_05'] not found"),
     ]
     for argv, message in cases:
-        target = Path(argv[0])
-        before = snapshot(target)
-        with pytest.raises(SystemExit) as exc:
-            main(["apply", *argv])
-        assert exc.value.code == 2
-        err = capsys.readouterr().err
+        err = refused(["apply", *argv], capsys, Path(argv[0]))
         assert message in err, err
         assert err.count("\n") == 1
-        assert snapshot(target) == before
 
 
 @pytest.mark.parametrize(
@@ -544,17 +539,12 @@ def test_apply_refuses_raw_counts_for_a_model_of_preprocessed_pixels_unless_forc
     assert main([*argv, "--save-model", str(model_path)]) == 0
     joblib.dump(joblib.load(model_path)[-1], tmp_path / "som_only.joblib")  # the model without its preprocessing
     capsys.readouterr()
-    before = snapshot(store)
     argv = ["apply", str(store), "--image", "img0", "--model", str(tmp_path / "som_only.joblib"), "--overwrite"]
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = refused(argv, capsys, store)
     assert "the images' pixels are far from the training pixels (99th percentiles differ by more than 10x" in err
     assert "This model carries no preprocessing" in err
     assert "pass --force" in err
     assert err.count("\n") == 1
-    assert snapshot(store) == before
     assert main([*argv, "--force", "--quiet"]) == 0
     som = joblib.load(tmp_path / "som_only.joblib")
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", som)
@@ -575,15 +565,10 @@ def test_apply_refuses_raw_counts_for_a_model_of_preprocessed_pixels_unless_forc
 def test_argument_errors_come_before_the_existing_output_error(store, extra, message, capsys):
     assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet"]) == 0
     capsys.readouterr()
-    before = snapshot(store)
-    with pytest.raises(SystemExit) as exc:
-        main(["cluster", str(store), "--image", "img0", *extra])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = refused(["cluster", str(store), "--image", "img0", *extra], capsys, store)
     assert message in err, err
     assert "np.str_" not in err
     assert "already exists" not in err
-    assert snapshot(store) == before
 
 
 def test_apply_names_the_model_channels(store, tmp_path, capsys):
@@ -735,11 +720,6 @@ def test_relabel_errors_exit_2_and_leave_the_store(tmp_path, extra, message, cap
     wrong.write_text("pixel_som_cluster,pixel_meta_cluster\n1,1\n2,1\n3,2\n4,2\n")
     extra = [str(wrong) if e == "WRONG" else str(tmp_path / "none.csv") if e == "MISSING" else e for e in extra]
     capsys.readouterr()
-    before = snapshot(store)
-    with pytest.raises(SystemExit) as exc:
-        main(["relabel", str(store), "--image", "img0", *extra])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = refused(["relabel", str(store), "--image", "img0", *extra], capsys, store)
     assert message in err, err
     assert err.count("\n") == 1
-    assert snapshot(store) == before
