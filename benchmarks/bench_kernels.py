@@ -13,17 +13,26 @@ Measures, on the same seeded synthetic data in one run, and prints ratios (highe
   as it does, sampled as ``fit`` samples them: ``--fraction`` 0.3 of the 1024 x 1024 pixels), and on the same pixels
   plus 1.0, timed alternately, with the ratio of the two times (target <= 1.15: preprocessed tissue, full of exact
   zeros, pulls codes towards 0, where without the flush to zero of :mod:`pixelflowsom._som` they would become
-  subnormal, slow to compute with on x86) and the quantization errors (on the training pixels).
+  subnormal, slow to compute with on x86) and the quantization errors (on the training pixels);
+* the online SOM compiled for other processors (``--only targets``): the training row's online SOM (400k x 20, 10x10,
+  rlen 10) in one child process per numba target, ``NUMBA_CPU_NAME`` set, each with a numba cache of its own (a
+  temporary ``NUMBA_CACHE_DIR``): ``host`` (this machine's processor, neither variable set), ``haswell`` (AVX2 and
+  FMA, no AVX-512: ``NUMBA_CPU_FEATURES`` empty, so that LLVM takes Haswell's features, not the host's; skipped on a
+  processor without them) and ``generic`` (x86-64 with SSE2 only, no FMA, the target that shares compiled caches
+  between machines), with the seconds, the ratio to ``host`` (target for ``generic``: <= 2), whether the kernels'
+  multiply-add is fused (:func:`pixelflowsom._simd.fused`) and whether the codes equal ``host``'s (unfused, they may
+  differ where two nodes tie to a float32 ulp).
 
 Each timing is the best of ``--repeat`` runs after one warm-up (numba compilation excluded for both sides; pyFlowSOM,
 compiled C, gets no warm-up). pyFlowSOM is optional; without it its column is skipped. Install it with
 ``pip install --no-deps "pyFlowSOM>=0.1.16,<0.2"``: every release pins ``numpy<2``, which a plain install satisfies
 by downgrading numpy under the rest of the environment, yet its extension (typed memoryviews only) runs on numpy 2.
 Run: ``python benchmarks/bench_kernels.py`` (add ``--quick`` for a smaller, faster smoke run; ``--only NAME``,
-repeatable, runs only the rows ``assignment``, ``training`` or ``real``). ``--baseline SRC`` (repeatable) also times
-the online SOM of another checkout, ``SRC`` being its ``src`` directory (e.g. a ``git worktree`` of an earlier commit,
-or ``git archive HEAD src | tar -x -C DIR``), in a child process on the same data (the synthetic training data and the
-real pixels), and prints our speed-up over it, its quantization error and whether its codes equal ours.
+repeatable, runs only the rows ``assignment``, ``training``, ``real`` or ``targets``). ``--baseline SRC`` (repeatable)
+also times the online SOM of another checkout, ``SRC`` being its ``src`` directory (e.g. a ``git worktree`` of an
+earlier commit, or ``git archive HEAD src | tar -x -C DIR``), in a child process on the same data (the synthetic
+training data and the real pixels), and prints our speed-up over it, its quantization error and whether its codes
+equal ours.
 """
 
 from __future__ import annotations
@@ -46,7 +55,13 @@ from pixelflowsom import _som
 #: The real image of the ``real`` row (``benchmarks/bench_real.py``'s MIBI field of view).
 REAL_IMAGE = "mibi"
 #: The rows of the benchmark, in the order they run (``--only``).
-ROWS = ("assignment", "training", "real")
+ROWS = ("assignment", "training", "real", "targets")
+#: The numba targets of the ``targets`` row: the environment variables of each child (``None``: the variable unset).
+TARGETS = {
+    "host": {"NUMBA_CPU_NAME": None, "NUMBA_CPU_FEATURES": None},
+    "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""},
+    "generic": {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": None},
+}
 #: The estimator's SOM parameters, passed from its defaults to ``_som.train_som``.
 SOM_PARAMS = ("xdim", "ydim", "rlen", "mst", "alpha")
 
@@ -113,14 +128,14 @@ def real_pixels(fraction, seed=0):
     Returns the ``(n, p)`` float64 values of ``sample_pixels`` (channel-major, as ``fit`` passes them on).
     """
     import xarray as xr
-    from bench_real import DATA, LINEAGE, load_image, preprocess  # benchmarks/bench_real.py
+    from bench_real import DATA, LINEAGE, load_fovs, preprocess  # benchmarks/bench_real.py
 
     from pixelflowsom import sample_pixels
 
-    raw, channels = load_image(REAL_IMAGE, DATA)
+    fovs, channels = load_fovs(REAL_IMAGE, DATA)
     lineage = LINEAGE[REAL_IMAGE]
     # The lineage channels are preprocessed as one group, whatever the other channels: only they are needed here.
-    image = preprocess(raw[[channels.index(c) for c in lineage]], lineage, lineage)
+    (image,) = preprocess([fovs["img"][[channels.index(c) for c in lineage]]], lineage, lineage)
     pixels = xr.DataArray(image, dims=("c", "y", "x"), coords={"c": lineage})
     return sample_pixels(pixels, fraction, channels=lineage, random_state=seed).values
 
@@ -157,6 +172,7 @@ def main(argv=None):
     parser.add_argument("--fraction", type=float, default=0.3, help="fraction of the real image's pixels (real row)")
     parser.add_argument("--online-only", metavar="NPY", help=argparse.SUPPRESS)  # a --baseline child: codes to NPY
     parser.add_argument("--real-only", metavar="DIR", help=argparse.SUPPRESS)  # a --baseline child of the real row
+    parser.add_argument("--target-only", metavar="NPY", help=argparse.SUPPRESS)  # a child of the targets row
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     repeat = 1 if args.quick else args.repeat
@@ -166,6 +182,14 @@ def main(argv=None):
         t_on, codes_on = best_of(lambda: online(Xt, xdim, ydim), repeat)
         np.save(args.online_only, codes_on)
         print(json.dumps({"seconds": t_on, "module": _som.__file__}))
+        return
+    if args.target_only:  # the parent set NUMBA_CPU_NAME; codes to NPY
+        from pixelflowsom import _simd
+
+        Xt, p, xdim, ydim = training_data(scale)
+        t_on, codes_on = best_of(lambda: online(Xt, xdim, ydim), repeat)  # the warm-up compiles
+        np.save(args.target_only, codes_on)
+        print(json.dumps({"seconds": t_on, "fused": _simd.fused()}))
         return
     if args.real_only:  # the pixels and parameters from the parent; codes back to the same folder
         with open(os.path.join(args.real_only, "params.json")) as f:
@@ -183,6 +207,8 @@ def main(argv=None):
         bench_training(scale, repeat, args.baseline)
     if "real" in rows:
         bench_real_tissue(args.fraction / scale, repeat, args.quick, args.baseline)
+    if "targets" in rows:
+        bench_targets(scale, repeat)
 
 
 def bench_assignment(scale, repeat):
@@ -305,6 +331,40 @@ def bench_real_tissue(fraction, repeat, quick, baselines):
                 f"subnormal codes {subnormal_count(base)}   codes {same}   ours x{seconds / times[name]:.2f}"
             )
         print(f"    time ratio pixels / pixels + 1.0: {out['seconds']['pixels'] / out['seconds']['pixels + 1.0']:.3f}")
+
+
+def bench_targets(scale, repeat):
+    import llvmlite.binding
+
+    n_train = training_data(scale)[0].shape[0]
+    features = llvmlite.binding.get_host_cpu_features()
+    x86 = llvmlite.binding.get_process_triple().startswith("x86_64")
+    print(f"online SOM training {n_train} x 20, 10x10 grid, rlen 10, compiled by numba for other processors")
+    results, host_codes = {}, None
+    for target, variables in TARGETS.items():
+        if target != "host" and not x86:
+            print(f"  {target:8s} skipped: not an x86-64 processor")
+            continue
+        if target == "haswell" and not (features.get("avx2") and features.get("fma")):
+            print(f"  {target:8s} skipped: this processor has no AVX2 and FMA")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {name: value for name, value in os.environ.items() if name not in variables}
+            env |= {name: value for name, value in variables.items() if value is not None}
+            env["NUMBA_CACHE_DIR"] = os.path.join(tmp, "numba")
+            npy = os.path.join(tmp, "codes.npy")
+            child = [sys.executable, __file__, "--target-only", npy, "--repeat", str(repeat)]
+            run = subprocess.run(child + (["--quick"] if scale > 1 else []), env=env, check=True, capture_output=True)
+            out = results[target] = json.loads(run.stdout)
+            codes = np.load(npy)
+        if target == "host":
+            host_codes, same = codes, ""
+        else:
+            same = "   codes " + ("equal to host's" if np.array_equal(codes, host_codes) else "not host's")
+        ratio = out["seconds"] / results["host"]["seconds"]
+        goal = "   (target <= 2)" if target == "generic" else ""
+        fused = "fused" if out["fused"] else "unfused"
+        print(f"  {target:8s} {out['seconds']:8.3f} s   x{ratio:.2f} host's time{goal}   {fused} multiply-add{same}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ numpydoc_validation_exclude = {
     r"\.__init__$",  # documented in the class docstring
     # Methods inherited from scikit-learn's base classes carry scikit-learn's docstrings.
     r"\.(fit_transform|get_params|set_params|get_metadata_routing|set_output|set_\w+_request)$",
+    # Module data documented by a ``#:`` comment, which has no quotes for GL02 to place.
+    r"^pixelflowsom\.TRUSTED_TYPES$",
 }
 
 # -- MyST (Markdown pages) ---------------------------------------------------------------------------------------

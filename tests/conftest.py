@@ -68,6 +68,21 @@ def fma32(a, b, c):
         return np.where(halfway & (e != 0) & ((e > 0) == (other > rounded)), other, rounded)
 
 
+def muladd32(a, b, c, fused=None):
+    """``a * b + c`` for float32 values as :func:`pixelflowsom._simd.muladd` computes it, in plain numpy.
+
+    Fused (:func:`fma32`, rounded once) when ``fused`` is true, else the float32 product, then the float32 sum (rounded
+    twice); ``fused=None`` is the kernels' path in this process (:func:`pixelflowsom._simd.fused`).
+    """
+    from pixelflowsom import _simd
+
+    if _simd.fused() if fused is None else fused:
+        return fma32(a, b, c)
+    a, b, c = (np.asarray(v, dtype=np.float32) for v in (a, b, c))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return a * b + c
+
+
 def flush32(values):
     """float32 ``values`` with every magnitude below the smallest normal float32 (``2**-126``) replaced by ``+0.0``.
 

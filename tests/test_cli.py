@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import spatialdata as sd
 from spatialdata.models import Image2DModel
 
+from pixelflowsom import load_model, save_model
 from pixelflowsom._cli import main
 from pixelflowsom._synthetic import make_synthetic_image
 
@@ -83,14 +85,12 @@ def test_demo(tmp_path, capsys):
 
 
 def test_cluster_then_apply(store, tmp_path, capsys):
-    import joblib
-
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "4", "--xdim", "5"]
     assert main([*argv, "--ydim", "5", "--fraction", "0.3", "--save-model", str(model_path), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "img0: SOM nodes -> 'img0_som_clusters', metaclusters -> 'img0_metaclusters'" in text
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     for image in ("img0", "img1"):
         assert_labels_right(store, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
     pictures = tmp_path / "sample_pictures"
@@ -105,13 +105,11 @@ def test_cluster_then_apply(store, tmp_path, capsys):
 
 
 def test_cluster_channel_subset_then_apply_to_reordered_channels(store, tmp_path):
-    import joblib
-
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--channels", "marker_04", "marker_01", "marker_03"]
     argv += ["--n-clusters", "3", "--save-model", str(model_path), "--quiet"]
     assert main(argv) == 0
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     assert model.channels_ == ["marker_04", "marker_01", "marker_03"]
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
     # A store whose image lists its channels in another order: apply selects them by name.
@@ -123,15 +121,13 @@ def test_cluster_channel_subset_then_apply_to_reordered_channels(store, tmp_path
 
 
 def test_cluster_channels_chunks_processes(store, tmp_path):
-    import joblib
-
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--channels", "marker_01", "marker_03", "marker_05"]
     argv += ["--n-clusters", "3", "--chunks", "6,32,48", "--scheduler", "processes", "--quiet"]
     assert main([*argv, "--save-model", str(model_path)]) == 0
     labels = sd.read_zarr(store)["img0_metaclusters"]
     assert labels.data.chunks == ((32, 32, 16), (48, 32))
-    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", joblib.load(model_path))
+    assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", load_model(model_path))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["cluster", "--help"], ["apply", "--help"]])
@@ -155,7 +151,7 @@ CLUSTER_ERRORS = [
     (["--image", "img0", "--chunks", "big"], "--chunks 'big' must be 'auto', an int, or comma-separated ints"),
     (["--image", "img0", "--cluster-labels", "a", "b"], "--cluster-labels got 2 name(s) for 1 image(s)"),
     (["--image", "img0", "--metacluster-labels", "img1"], "Output name 'img1' is already the name of a images"),
-    (["--image", "img0", "--save-model", "/nonexistent/m.joblib"], "--save-model: folder '/nonexistent' does not"),
+    (["--image", "img0", "--save-model", "/nonexistent/m.skops"], "--save-model: folder '/nonexistent' does not"),
     (["--image", "img0", "--xdim", "0"], "The 'xdim' parameter of PixelFlowSOM must be an int in the range [1, inf)"),
 ]
 
@@ -174,10 +170,9 @@ def test_existing_output_needs_overwrite(store, capsys):
     err = refused(["cluster", str(store), "--image", "img0", "--n-clusters", "3"], capsys, store)
     assert "'img0_som_clusters' already exists in sdata; pass --overwrite to replace it" in err
     argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "4", "--overwrite", "--quiet"]
-    assert main([*argv, "--save-model", str(store.parent / "model.joblib")]) == 0
-    import joblib
+    assert main([*argv, "--save-model", str(store.parent / "model.skops")]) == 0
 
-    model = joblib.load(store.parent / "model.joblib")
+    model = load_model(store.parent / "model.skops")
     assert model.n_clusters_ == 4
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
 
@@ -191,16 +186,14 @@ def test_store_errors(tmp_path, capsys):
 
 
 def test_apply_errors(store, tmp_path, capsys):
-    model = tmp_path / "model.joblib"
+    model = tmp_path / "model.skops"
     assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--save-model", str(model)]) == 0
     capsys.readouterr()
-    not_a_model = tmp_path / "junk.joblib"
-    import joblib
-
-    joblib.dump({"a": 1}, not_a_model)
+    not_a_model = tmp_path / "junk.skops"
+    save_model({"a": 1}, not_a_model)
     fewer_channels = write_store(tmp_path / "fewer.zarr", channels=4)
     cases = [
-        ([str(store), "--image", "img1", "--model", str(tmp_path / "none.joblib")], "does not exist"),
+        ([str(store), "--image", "img1", "--model", str(tmp_path / "none.skops")], "does not exist"),
         (
             [str(store), "--image", "img1", "--model", str(not_a_model)],
             "is not a PixelFlowSOM fitted on images, nor a Pipeline ending in one",
@@ -242,27 +235,23 @@ def test_apply_needs_nothing_of_the_training_store(tmp_path):
     """A saved model is the model: apply works where the training store is not (another machine)."""
     import shutil
 
-    import joblib
-
     training = write_store(tmp_path / "training.zarr", seeds=(2,))
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(training), "--image", "img0", "--n-clusters", "3", "--save-model", str(model_path)]
     assert main([*argv, "--quiet"]) == 0
     assert str(training).encode() not in model_path.read_bytes()
     shutil.rmtree(training)
     other = write_store(tmp_path / "other.zarr", seeds=(0,), order=[1, 0, 2, 3, 4, 5])
     assert main(["apply", str(other), "--image", "img0", "--model", str(model_path), "--quiet"]) == 0
-    assert_labels_right(other, "img0", "img0_som_clusters", "img0_metaclusters", joblib.load(model_path))
+    assert_labels_right(other, "img0", "img0_som_clusters", "img0_metaclusters", load_model(model_path))
 
 
 def test_cluster_auto_n_clusters(store, tmp_path, capsys):
-    import joblib
-
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "auto", "--max-clusters", "10"]
     assert main([*argv, "--fraction", "0.5", "--save-model", str(model_path), "--quiet"]) == 0
     text = capsys.readouterr().out
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     assert model.n_clusters_ == 4  # the four phenotypes of the synthetic images
     agreement = model.n_clusters_choice_.stability[4]
     assert f"4 metaclusters (chosen from the data by the knee rule; {agreement:.0%} of resamples of the SOM" in text
@@ -270,7 +259,7 @@ def test_cluster_auto_n_clusters(store, tmp_path, capsys):
     # R FlowSOM's elbow by name
     argv = ["cluster", str(store), "--image", "img1", "--n-clusters", "auto", "--n-clusters-method", "elbow"]
     assert main([*argv, "--save-model", str(model_path), "--quiet"]) == 0
-    assert joblib.load(model_path).n_clusters_choice_.method == "elbow"
+    assert load_model(model_path).n_clusters_choice_.method == "elbow"
     assert "by the elbow rule" in capsys.readouterr().out
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", model)
     with pytest.raises(SystemExit) as exc:
@@ -337,15 +326,14 @@ def test_cluster_overwrite_killed_at_any_step_loses_nothing(tmp_path):
 
 def test_cluster_n_samples(tmp_path, capsys):
     """--n-samples trains on that many pixels in all; the labels are the nearest nodes of the saved model's codes."""
-    import joblib
 
     store = write_store(tmp_path / "sample.zarr", seeds=(0, 1), nan=False)
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--channels", "marker_02", "marker_00"]
     argv += ["marker_05", "--n-clusters", "3", "--n-samples", "1001", "--save-model", str(model_path)]
     assert main([*argv, "--quiet"]) == 0
     assert "on 1001 sampled pixels of 2 image(s)" in capsys.readouterr().out
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     assert model.n_samples_fit_ == 1001
     assert model.n_samples == 1001
     assert model.fraction is None  # not given: the estimator's default applies
@@ -397,10 +385,9 @@ def test_progress_on_stderr_unless_quiet(store, show_every_computation, capsys):
 
 def test_progress_on_a_distributed_cluster(store, tmp_path, show_every_computation, capsys):
     """--scheduler ADDRESS: the scheduler's reports give progress lines on stderr (none with --quiet), right labels."""
-    import joblib
     from distributed import LocalCluster
 
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "3"]
     argv += ["--save-model", str(model_path), "--pictures", str(tmp_path / "p")]
     with LocalCluster(
@@ -414,7 +401,7 @@ def test_progress_on_a_distributed_cluster(store, tmp_path, show_every_computati
         assert all(PROGRESS_LINE.match(line) for line in lines), err
         assert main([*argv, "--scheduler", cluster.scheduler_address, "--overwrite", "--quiet"]) == 0
         assert capsys.readouterr().err == ""
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     for image in ("img0", "img1"):
         assert_labels_right(store, image, f"{image}_som_clusters", f"{image}_metaclusters", model)
 
@@ -461,17 +448,16 @@ def preprocessed_reference(store, image, model):
 
 def test_cluster_preprocess_carries_the_preprocessing_to_apply(tmp_path, capsys):
     """The saved model is the fitted Pipeline; apply preprocesses with it and finds its channels by name."""
-    import joblib
 
     store = write_counts_store(tmp_path / "raw.zarr", seeds=(0, 1))
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--preprocess", "--channels", "marker_04", "marker_01"]
     argv += ["marker_02", "marker_05", "--sigma", "1", "--n-clusters", "4", "--xdim", "5", "--ydim", "5"]
     assert main([*argv, "--save-model", str(model_path), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err
     assert "Model (with its preprocessing):" in captured.out
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     assert [name for name, _ in model.steps] == ["preprocess", "flowsom"]
     assert model[0].get_params()["sigma"] == 1.0
     assert model[0].channel_names_.tolist() == ["marker_04", "marker_01", "marker_02", "marker_05"]
@@ -531,22 +517,20 @@ def test_tiny_fraction_warns_in_command_line_words(tmp_path, capsys):
 
 
 def test_apply_refuses_raw_counts_for_a_model_of_preprocessed_pixels_unless_forced(tmp_path, capsys):
-    import joblib
-
     store = write_counts_store(tmp_path / "raw.zarr")
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--preprocess", "--n-clusters", "3", "--quiet"]
     assert main([*argv, "--save-model", str(model_path)]) == 0
-    joblib.dump(joblib.load(model_path)[-1], tmp_path / "som_only.joblib")  # the model without its preprocessing
+    save_model(load_model(model_path)[-1], tmp_path / "som_only.skops")  # the model without its preprocessing
     capsys.readouterr()
-    argv = ["apply", str(store), "--image", "img0", "--model", str(tmp_path / "som_only.joblib"), "--overwrite"]
+    argv = ["apply", str(store), "--image", "img0", "--model", str(tmp_path / "som_only.skops"), "--overwrite"]
     err = refused(argv, capsys, store)
     assert "the images' pixels are far from the training pixels (99th percentiles differ by more than 10x" in err
     assert "This model carries no preprocessing" in err
     assert "pass --force" in err
     assert err.count("\n") == 1
     assert main([*argv, "--force", "--quiet"]) == 0
-    som = joblib.load(tmp_path / "som_only.joblib")
+    som = load_model(tmp_path / "som_only.skops")
     assert_labels_right(store, "img0", "img0_som_clusters", "img0_metaclusters", som)
 
 
@@ -572,7 +556,7 @@ def test_argument_errors_come_before_the_existing_output_error(store, extra, mes
 
 
 def test_apply_names_the_model_channels(store, tmp_path, capsys):
-    model = tmp_path / "model.joblib"
+    model = tmp_path / "model.skops"
     assert main(["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--save-model", str(model)]) == 0
     fewer = write_store(tmp_path / "fewer.zarr", channels=4)
     capsys.readouterr()
@@ -585,7 +569,6 @@ def test_apply_names_the_model_channels(store, tmp_path, capsys):
 
 def test_import_npz_and_ome_tiff_then_cluster(tmp_path, capsys):
     """import writes files as image elements with their channel names; cluster finds the channels by name."""
-    import joblib
     import tifffile
 
     image, _ = make_synthetic_image((64, 64), n_channels=5, n_phenotypes=3, seed=0)
@@ -616,8 +599,8 @@ def test_import_npz_and_ome_tiff_then_cluster(tmp_path, capsys):
     assert exc.value.code == 2
     assert "exists; choose another store path or pass --overwrite to replace it" in capsys.readouterr().err
     argv = ["cluster", str(store), "--image", "fov1", "--image", "fov2", "--preprocess", "--n-clusters", "3"]
-    assert main([*argv, "--save-model", str(tmp_path / "model.joblib"), "--quiet"]) == 0
-    model = joblib.load(tmp_path / "model.joblib")
+    assert main([*argv, "--save-model", str(tmp_path / "model.skops"), "--quiet"]) == 0
+    model = load_model(tmp_path / "model.skops")
     labels = sd.read_zarr(store).labels
     for fov in ("fov1", "fov2"):
         expected = preprocessed_reference(store, fov, model)
@@ -653,13 +636,11 @@ def lookup(mapping, nodes):
 
 
 def test_relabel_merges_names_and_exports_pixies_csv(tmp_path, capsys):
-    import joblib
-
     store = write_store(tmp_path / "sample.zarr", seeds=(0, 1))
-    model_path = tmp_path / "model.joblib"
+    model_path = tmp_path / "model.skops"
     argv = ["cluster", str(store), "--image", "img0", "--image", "img1", "--n-clusters", "4", "--xdim", "4"]
     assert main([*argv, "--ydim", "4", "--save-model", str(model_path), "--quiet"]) == 0
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     old = model.node_metacluster_ + 1
     capsys.readouterr()
     csv_path = tmp_path / "mapping.csv"
@@ -723,3 +704,111 @@ def test_relabel_errors_exit_2_and_leave_the_store(tmp_path, extra, message, cap
     err = refused(["relabel", str(store), "--image", "img0", *extra], capsys, store)
     assert message in err, err
     assert err.count("\n") == 1
+
+
+def test_model_saved_by_cluster_applies_in_a_fresh_process(store, tmp_path):
+    model_path = tmp_path / "model.skops"
+    argv = ["cluster", str(store), "--image", "img0", "--preprocess", "--n-clusters", "4", "--quiet"]
+    assert main([*argv, "--save-model", str(model_path)]) == 0
+    assert zipfile.is_zipfile(model_path)  # a skops file
+    command = [sys.executable, "-m", "pixelflowsom", "apply", str(store), "--image", "img0", "--quiet"]
+    command += ["--model", str(model_path), "--cluster-labels", "again_nodes", "--metacluster-labels", "again_meta"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    sdata = sd.read_zarr(store)
+    np.testing.assert_array_equal(sdata.labels["again_nodes"].values, sdata.labels["img0_som_clusters"].values)
+    np.testing.assert_array_equal(sdata.labels["again_meta"].values, sdata.labels["img0_metaclusters"].values)
+    pipeline = load_model(model_path)
+    som = pipeline[-1]
+    prepared = pipeline[0].transform(sdata.images["img0"])
+    expected = image_reference(prepared, som.codes_, som.node_metacluster_, som.channels_)
+    np.testing.assert_array_equal(sdata.labels["again_nodes"].values, expected[0])
+    np.testing.assert_array_equal(sdata.labels["again_meta"].values, expected[1])
+
+
+def cluster_and_save(store, model_path):
+    """``cluster`` img0 of ``store`` into 3 metaclusters, the model saved to ``model_path``."""
+    argv = ["cluster", str(store), "--image", "img0", "--n-clusters", "3", "--quiet", "--save-model", str(model_path)]
+    assert main(argv) == 0
+
+
+class RunsCode:
+    """Unpickling it creates a file: a pickle's loader runs whatever its author wrote."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_apply_refuses_a_pickle_unless_trusted(store, tmp_path, capsys):
+    import pickle
+
+    import joblib
+
+    marker = tmp_path / "the-pickle-ran"
+    crafted = tmp_path / "model.pkl"
+    crafted.write_bytes(pickle.dumps(RunsCode(marker)))
+    for argv in (["--model", str(crafted)], ["--model", str(crafted), "--force"]):
+        err = refused(["apply", str(store), "--image", "img1", *argv], capsys, store)
+        assert "is a pickle, not a skops file: loading a pickle runs whatever code its author put in it" in err
+        assert "--trust-pickle" in err
+        assert err.count("\n") == 1
+        assert not marker.exists()
+    # An honest pickle (an older --save-model) loads with --trust-pickle, and says what that means.
+    cluster_and_save(store, tmp_path / "model.skops")
+    honest = tmp_path / "old.joblib"
+    joblib.dump(load_model(tmp_path / "model.skops"), honest)
+    capsys.readouterr()
+    assert main(["apply", str(store), "--image", "img1", "--model", str(honest), "--trust-pickle"]) == 0
+    assert "(--trust-pickle): it can run code" in capsys.readouterr().out
+    assert_labels_right(store, "img1", "img1_som_clusters", "img1_metaclusters", joblib.load(honest))
+
+
+def test_apply_refuses_a_skops_file_with_an_untrusted_type(store, tmp_path, capsys):
+    import os
+
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    cluster_and_save(store, tmp_path / "model.skops")
+    evil = tmp_path / "evil.skops"
+    som = load_model(tmp_path / "model.skops")
+    sio.dump(Pipeline([("f", FunctionTransformer(os.system)), ("som", som)]), evil)
+    capsys.readouterr()
+    err = refused(["apply", str(store), "--image", "img1", "--model", str(evil)], capsys, store)
+    assert f"names types that pixelflowsom does not trust: ['{os.system.__module__}.system']" in err
+    assert "pixelflowsom.load_model(file, trusted=[...])" in err
+    assert err.count("\n") == 1
+
+
+def test_save_model_writes_skops_files_only(store, tmp_path, capsys):
+    err = refused(
+        ["cluster", str(store), "--image", "img0", "--save-model", str(tmp_path / "model.joblib")], capsys, store
+    )
+    assert "models are saved in skops' format, which loads without running code" in err
+    assert f"name it '{tmp_path / 'model.skops'}'" in err
+    assert not (tmp_path / "model.joblib").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "params"),
+    [
+        (["--fraction", "2"], {"fraction": 2.0}),
+        (["--xdim", "0"], {"xdim": 0}),
+        (["--ydim", "-1"], {"ydim": -1}),
+        (["--n-clusters", "0"], {"n_clusters": 0}),
+        (["--n-clusters", "30", "--xdim", "5", "--ydim", "5"], {"n_clusters": 30, "xdim": 5, "ydim": 5}),
+        (["--n-samples", "0"], {"n_samples": 0}),
+    ],
+)
+def test_parameter_errors_are_the_estimators_own(store, option, params, capsys):
+    """The command line passes parameters on: the estimator's validation is the one place that rejects them."""
+    from pixelflowsom import PixelFlowSOM
+
+    with pytest.raises((ValueError, TypeError)) as error:
+        PixelFlowSOM(**params).check_input()
+    err = refused(["cluster", str(store), "--image", "img0", *option], capsys, store)
+    assert err == f"pixelflowsom cluster: error: {error.value}\n"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import dask.array as da
 import joblib
@@ -14,6 +15,7 @@ import pytest
 import xarray as xr
 from sklearn.pipeline import Pipeline
 
+import pixelflowsom
 import pixelflowsom._persistence as persistence
 from pixelflowsom import InconsistentVersionWarning, PixelFlowSOM, PixelPreprocessor
 from pixelflowsom._synthetic import make_synthetic_image
@@ -183,3 +185,173 @@ def test_set_output_polars():
     assert isinstance(frame, pl.DataFrame)
     assert frame.columns == ["som_node", "metacluster"]
     assert isinstance(fitted.transform(image), xr.DataArray)
+
+
+# ---------------------------------------------------------------------------------------------- skops files
+
+
+class Marker:
+    """A type no one trusts: building it writes a file (what a malicious model file would do, harmlessly)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __setstate__(self, state):
+        Path(state["path"]).touch()
+        self.__dict__.update(state)
+
+
+def skops_variants():
+    from sklearn.cluster import KMeans
+
+    from pixelflowsom import ConsensusClustering
+
+    return {
+        "auto": model(n_clusters="auto", max_clusters=8, som="online", fraction=0.3),
+        "kmeans": model(metaclustering=KMeans(n_clusters=4, n_init=2, random_state=0), fraction=0.3),
+        "consensus": model(
+            n_clusters="auto", max_clusters=6, metaclustering=ConsensusClustering(n_resamples=5), fraction=0.3
+        ),
+        "pipeline": Pipeline([("prep", PixelPreprocessor(sigma=1.0)), ("som", model(fraction=0.3))]),
+    }
+
+
+@pytest.mark.parametrize("name", list(skops_variants()))
+def test_skops_round_trip_labels_and_state(name, tmp_path):
+    image = synthetic(96)
+    fitted = skops_variants()[name].fit(image)
+    path = persistence.save_model(fitted, tmp_path / "model.skops")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same version: silent; every type trusted
+        loaded = pixelflowsom.load_model(path)
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+    som, original = (loaded[-1], fitted[-1]) if name == "pipeline" else (loaded, fitted)
+    # The labels against the float64 nearest node of the loaded codes, on the preprocessed image for a pipeline.
+    prepared = fitted[0].transform(image) if name == "pipeline" else image
+    expected = image_reference(prepared, som.codes_, som.node_metacluster_)
+    np.testing.assert_array_equal(loaded.transform(image).values, expected)
+    np.testing.assert_array_equal(som.codes_, original.codes_)
+    np.testing.assert_array_equal(som.node_metacluster_, original.node_metacluster_)
+    np.testing.assert_array_equal(som.labels_, original.labels_)
+    assert som.get_params(deep=False).keys() == original.get_params(deep=False).keys()
+    if original.n_clusters == "auto":
+        choice, before = som.n_clusters_choice_, original.n_clusters_choice_
+        pd.testing.assert_frame_equal(choice.criterion, before.criterion)
+        if before.stability is None:
+            assert choice.stability is None
+        else:
+            pd.testing.assert_series_equal(choice.stability, before.stability)
+        assert choice.cdf.keys() == before.cdf.keys()
+        for k in before.cdf:
+            np.testing.assert_array_equal(choice.cdf[k][1], before.cdf[k][1])
+        assert (choice.n_clusters, choice.method) == (before.n_clusters, before.method)
+
+
+def plain(value, path="model"):
+    """Yield ``(path, type)`` of every value in a fitted state that is not an array, a plain value or an estimator."""
+    from sklearn.base import BaseEstimator
+
+    from pixelflowsom import NClustersChoice
+
+    if isinstance(value, (np.ndarray, np.generic, int, float, str, bool, type(None))):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from plain(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from plain(key, f"{path} key")
+            yield from plain(item, f"{path}[{key!r}]")
+    elif isinstance(value, (BaseEstimator, NClustersChoice)):
+        for key, item in value.__getstate__().items():
+            yield from plain(item, f"{path}.{key}")
+    else:
+        yield path, type(value)
+
+
+@pytest.mark.parametrize("name", list(skops_variants()))
+def test_fitted_state_is_arrays_and_plain_values(name):
+    estimator = skops_variants()[name]
+    som = estimator[-1] if name == "pipeline" else estimator
+    som.set_params(random_state=np.random.RandomState(0))  # even from a RandomState, the fitted state holds a seed
+    estimator.fit(synthetic(64))
+    state = {key: value for key, value in vars(som).items() if key.endswith("_")}
+    assert list(plain(state)) == []
+    with pytest.raises(AssertionError):  # the check sees what it must refuse
+        assert list(plain({"rng": np.random.RandomState(0), "f": len})) == []
+
+
+def test_trusted_types_are_the_package_classes():
+    from pixelflowsom import ConsensusClustering, NClustersChoice
+
+    classes = (PixelFlowSOM, PixelPreprocessor, ConsensusClustering, NClustersChoice)
+    assert set(pixelflowsom.TRUSTED_TYPES) == {f"{c.__module__}.{c.__qualname__}" for c in classes}
+
+
+def test_untrusted_type_is_refused_by_name_before_anything_is_built(tmp_path):
+    import os
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    marker = tmp_path / "built"
+    path = tmp_path / "evil.skops"
+    sio.dump(Pipeline([("f", FunctionTransformer(os.system)), ("m", FunctionTransformer(Marker(marker)))]), path)
+    refused = [f"{os.system.__module__}.system", f"{__name__}.Marker"]
+    assert pixelflowsom.untrusted_types(path) == sorted(refused)
+    with pytest.raises(TypeError) as error:
+        pixelflowsom.load_model(path)
+    for name in refused:
+        assert repr(name) in str(error.value)
+    assert "trusted=[...]" in str(error.value)
+    assert not marker.exists()
+    with pytest.raises(TypeError, match=r"posix.system|nt.system"):  # trusting one is not trusting the other
+        pixelflowsom.load_model(path, trusted=[f"{__name__}.Marker"])
+    assert not marker.exists()
+    loaded = pixelflowsom.load_model(path, trusted=refused)  # what the user trusts, loads (and runs)
+    assert marker.exists()
+    assert loaded.steps[0][1].func is os.system
+    with pytest.raises(TypeError, match="must be a sequence of type names"):
+        pixelflowsom.load_model(path, trusted="posix.system")
+
+
+def test_load_model_refuses_a_pickle_and_a_missing_file(tmp_path):
+    joblib.dump(model(fraction=0.5).fit(synthetic(32)), tmp_path / "model.joblib")
+    with pytest.raises(ValueError, match=r"is not a skops file \(it may be a pickle"):
+        pixelflowsom.load_model(tmp_path / "model.joblib")
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        pixelflowsom.load_model(tmp_path / "none.skops")
+    with pytest.raises(FileNotFoundError, match="folder .* does not exist"):
+        pixelflowsom.save_model(model(), tmp_path / "no" / "model.skops")
+
+
+def test_skops_file_of_another_version_warns(tmp_path, monkeypatch):
+    fitted = model(fraction=0.5).fit(synthetic(64))
+    path = pixelflowsom.save_model(fitted, tmp_path / "model.skops")
+    monkeypatch.setattr(persistence, "package_version", lambda: "99.0.0")
+    with pytest.warns(InconsistentVersionWarning, match=r"PixelFlowSOM from pixelflowsom version .* 99\.0\.0"):
+        pixelflowsom.load_model(path)
+
+
+def test_save_model_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "model.skops"
+    first = model(fraction=0.5).fit(synthetic(64))
+    pixelflowsom.save_model(first, path)
+    before = path.read_bytes()
+
+    def interrupted(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(persistence.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pixelflowsom.save_model(model(fraction=0.5, random_state=1).fit(synthetic(64, seed=1)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.skops"]
+
+
+def test_skops_file_is_small(images, tmp_path):
+    big, _ = images
+    fitted = model(fraction=1 / 256).fit(big.chunk({"y": 512}))
+    size = pixelflowsom.save_model(fitted, tmp_path / "model.skops").stat().st_size
+    assert size < saved_size(fitted, tmp_path / "model.joblib")  # compressed: smaller than the pickle
+    assert big.nbytes > 100 * size

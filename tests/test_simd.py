@@ -1,15 +1,19 @@
 """The float32 vector intrinsics against numpy, and the numpy fused multiply-add against exact rationals."""
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
+import llvmlite.binding
 import numba
 import numpy as np
 import pytest
-from numba.core.errors import TypingError
+from numba import TypingError
 
 from pixelflowsom import _simd
 
-from .conftest import flush32, fma32
+from .conftest import flush32, fma32, muladd32
 
 LANES = _simd.LANES
 
@@ -67,7 +71,7 @@ def apply_all(x, y, z, low, high, out):
         _simd.store(out, b, _simd.sub(vx, vy))
         _simd.store(out, n + b, _simd.mul(vx, vy))
         _simd.store(out, 2 * n + b, _simd.add(vx, vy))
-        _simd.store(out, 3 * n + b, _simd.fma(vx, vy, vz))
+        _simd.store(out, 3 * n + b, _simd.muladd(vx, vy, vz))
         _simd.store(out, 4 * n + b, _simd.splat(x[b + 1]))
         _simd.store(out, 5 * n + b, _simd.where_within(vx, low, high, vz))
         _simd.store(out, 6 * n + b, _simd.flush_subnormal(vx))
@@ -86,7 +90,7 @@ def test_intrinsics_match_numpy_bit_for_bit():
             x - y,
             x * y,
             x + y,
-            fma32(x, y, z),
+            muladd32(x, y, z),
             np.repeat(x[1::LANES], LANES),
             np.where((low <= x) & (x < high), z, 0),
             flush32(x),
@@ -94,6 +98,65 @@ def test_intrinsics_match_numpy_bit_for_bit():
     )
     np.testing.assert_array_equal(out[: 7 * x.size].view(np.int32), expected.view(np.int32))
     assert np.isnan(out[7 * x.size :]).all()
+
+
+@numba.njit
+def muladd_all(x, y, z, out):
+    for b in range(0, x.shape[0], LANES):
+        _simd.store(out, b, _simd.muladd(_simd.load(x, b), _simd.load(y, b), _simd.load(z, b)))
+
+
+def test_muladd_is_fused_exactly_where_the_probe_says():
+    # Triples where rounding once and rounding twice differ, and a vector where they agree: muladd is the fused
+    # multiply-add in every lane if fused(), the float32 product then the float32 sum in every lane otherwise.
+    a, b, c = (np.repeat(v, LANES) for v in double_rounding_case())
+    x, y, z = (np.concatenate([u, np.ones(LANES, np.float32)]) for u in (a, b, c))
+    out = np.empty_like(x)
+    muladd_all(x, y, z, out)
+    rounded_twice = x * y + z
+    assert (fma32(a, b, c) != rounded_twice[:LANES]).all()
+    assert isinstance(_simd.fused(), bool)
+    expected = fma32(x, y, z) if _simd.fused() else rounded_twice
+    np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
+    np.testing.assert_array_equal(muladd32(x, y, z).view(np.int32), expected.view(np.int32))
+    np.testing.assert_array_equal(muladd32(x, y, z, fused=False).view(np.int32), rounded_twice.view(np.int32))
+
+
+def host_has(*features):
+    """Whether this machine's processor has all the LLVM ``features`` (e.g. ``"fma"``)."""
+    return all(llvmlite.binding.get_host_cpu_features().get(feature, False) for feature in features)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "fused", "bits"),
+    [
+        ("generic", False, 128),  # x86-64 with SSE2 only
+        pytest.param("nehalem", False, 128, marks=pytest.mark.skipif(not host_has("sse4.2"), reason="no SSE 4.2")),
+        pytest.param("haswell", True, 256, marks=pytest.mark.skipif(not host_has("avx2", "fma"), reason="no AVX2/FMA")),
+        pytest.param(  # AVX-512 F, BW, CD, DQ and VL, which every AVX-512 processor has
+            "x86-64-v4", True, 512, marks=pytest.mark.skipif(not host_has("avx512f", "avx512bw"), reason="no AVX-512")
+        ),
+    ],
+)
+def test_fused_and_vector_bits_probes_per_target(tmp_path, cpu, fused, bits):
+    # numba compiling for a named processor (its own features: NUMBA_CPU_FEATURES empty), each in a child process with
+    # a cache of its own: fused() tells whether that processor has a fused multiply-add, vector_bits() the width of
+    # the registers its vectors are held in (SSE 128, AVX2 256, AVX-512 512).
+    if not llvmlite.binding.get_process_triple().startswith("x86_64"):
+        pytest.skip("x86-64 processor names")
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    probe = "from pixelflowsom import _simd; print(_simd.fused(), _simd.vector_bits())"
+    run = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True)
+    assert run.stdout.split() == [str(fused), str(bits)]
+
+
+def test_width_probe_adds():
+    # vector_bits reads the assembly of this kernel: it must compile the kernels' vector arithmetic, for real.
+    assert _simd.vector_bits() in (128, 256, 512)
+    values = np.arange(2 * LANES, dtype=np.float32)
+    out = np.zeros(LANES, np.float32)
+    _simd._width_probe(values, out)
+    np.testing.assert_array_equal(out, values[:LANES] + values[LANES:])
 
 
 @numba.njit

@@ -1,5 +1,10 @@
 """The SOM kernels against plain numpy references, and the batch SOM's quality."""
 
+import os
+import subprocess
+import sys
+from unittest import mock
+
 import numpy as np
 import pytest
 from scipy.sparse.csgraph import minimum_spanning_tree
@@ -9,15 +14,18 @@ from sklearn.utils import check_random_state
 from pixelflowsom import _som
 from pixelflowsom._nearest import nearest_nodes
 
-from .conftest import flush32, fma32, make_blobs
+from .conftest import flush32, make_blobs, muladd32
 
 
-def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=np.float32, flush=True, stats=None):
+def reference_online_som(
+    data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=np.float32, flush=True, stats=None, fused=None
+):
     """FlowSOM's C_SOM, written node by node in plain numpy (R's early stop included), in ``dtype``.
 
     float64 is R's arithmetic. float32 is the kernel's: data, codes and the learning rate rounded to float32, every
-    operation rounded to float32, squared distances summed in channel order, each term added by a fused
-    multiply-add (:func:`fma32`: ``d * d + sum`` rounded once), and magnitudes below the smallest normal float32
+    operation rounded to float32, squared distances summed in channel order, each term added by the kernel's
+    multiply-add (:func:`muladd32`: ``d * d + sum`` rounded once where ``fused``, twice otherwise; ``None``: as the
+    kernels of this process, :func:`pixelflowsom._simd.fused`), and magnitudes below the smallest normal float32
     flushed to ``+0.0`` (:func:`flush32`) in the data, the initial codes and every updated code (``flush=False``
     leaves them subnormal). ``stats``, a dict, receives ``"subnormal"``: how many updated code values were subnormal
     before the flush.
@@ -39,7 +47,7 @@ def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=n
             dist = np.zeros(codes.shape[0], dtype)
             for j in range(codes.shape[1]):
                 d = data[i, j] - codes[:, j]
-                dist = fma32(d, d, dist) if dtype == np.float32 else dist + d * d
+                dist = muladd32(d, d, dist, fused) if dtype == np.float32 else dist + d * d
             nearest = int(np.argmin(dist))
             if threshold < 1.0:
                 threshold = 0.5
@@ -64,17 +72,20 @@ def reference_online_som(data, codes, nhbrdist, rlen, alphas, radii, rs, dtype=n
 def assert_online_som_is_the_reference(X, codes0, nh, rlen, alphas, radii, seed, ydim):
     """``online_som`` equals the float32 numpy reference bit for bit (the sign of zero too) on the grid's windows
     (``ydim``) and the generic neighbour loop (``ydim=0``), for C-contiguous data and for channel-major data
-    (``PixelSample.values``); returns the passes run.
+    (``PixelSample.values``), with the loops of every vector width (seven vectors of distances at a time, four, and
+    the 32-bit argmin: the same results, whichever the machine takes); returns the passes run.
     """
     expected = reference_online_som(X, codes0, nh, rlen, alphas, radii, check_random_state(seed))
     n_iters = set()
-    for data in (X, np.ascontiguousarray(X.T).T):
-        for ydim_arg in (ydim, 0):
-            got, n_iter = _som.online_som(
-                data, codes0, nh, rlen, alphas, radii, check_random_state(seed), ydim=ydim_arg
-            )
-            np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
-            n_iters.add(n_iter)
+    for bits in (512, 256, 128):
+        with mock.patch.object(_som._simd, "vector_bits", lambda bits=bits: bits):
+            for data in (X, np.ascontiguousarray(X.T).T):
+                for ydim_arg in (ydim, 0):
+                    got, n_iter = _som.online_som(
+                        data, codes0, nh, rlen, alphas, radii, check_random_state(seed), ydim=ydim_arg
+                    )
+                    np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64), err_msg=f"{bits}")
+                    n_iters.add(n_iter)
     (n_iter,) = n_iters
     return n_iter
 
@@ -120,7 +131,7 @@ def reference_train_online(sample, xdim, ydim, rlen, mst, alpha, rs):
         (2, 80, 3),  # wide grid: narrow windows are updated row by row; 160 nodes: two overlapping groups
         (5, 7, 20),  # 35 nodes: padded to one group of 112
         (10, 10, 20),  # FlowSOM's default grid: 100 nodes, one group of 112
-        (12, 12, 3),  # 144 nodes: the second group of 112 overlaps the first
+        (12, 12, 3),  # 144 nodes: the second group of 112 overlaps the first (of four vectors: the third)
     ],
 )
 def test_online_som_matches_numpy_reference_shapes(xdim, ydim, p):
@@ -275,6 +286,78 @@ def test_online_som_near_duplicate_codes():
     codes0 = np.repeat(centres, 3, axis=0) * (1 + rng.normal(0, 1e-8, size=(12, 5)))
     X = np.repeat(centres, 50, axis=0) + rng.normal(0, 1e-7, size=(200, 5))
     assert_online_som_is_the_reference(X, codes0, _som.grid_distances(3, 4), 2, (0.05, 0.01), (0.5, 0.5), 2, ydim=4)
+
+
+def unfused_tie_case():
+    """A 2 x 2 grid whose first winner is node 0 where the multiply-add is rounded twice, node 1 where it is fused.
+
+    The data are zeros; node 0 is at ``d = (2**-13, 1 + 2**-12)`` from them, node 1 at ``(0, 1 + 2**-12)``. ``d_1**2
+    = 1 + 2**-11 + 2**-24`` is halfway between two float32: rounded alone (to even) it is ``1 + 2**-11``, node 1's
+    distance, and ``2**-26`` added after it is lost (a tie: node 0 wins, the lowest index); fused with ``2**-26``
+    it rounds up, ``1 + 2**-11 + 2**-23``: node 1 wins.
+    """
+    codes0 = np.array([[-(2.0**-13), -(1 + 2.0**-12)], [0.0, -(1 + 2.0**-12)], [5.0, 5.0], [5.0, -5.0]])
+    return np.zeros((20, 2)), codes0, _som.grid_distances(2, 2), 2, (0.5, 0.3), (0.5, 0.5)
+
+
+_GENERIC_CHILD = """
+import sys
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from pixelflowsom import _simd, _som
+
+inputs = np.load(sys.argv[1])
+out = {"fused": np.array(_simd.fused())}
+for name in ("tie", "blobs"):
+    X, codes0, nh = inputs[name + "_X"], inputs[name + "_codes0"], inputs[name + "_nh"]
+    rlen, alphas, radii = int(inputs[name + "_rlen"]), tuple(inputs[name + "_alphas"]), tuple(inputs[name + "_radii"])
+    for ydim in (int(inputs[name + "_ydim"]), 0):
+        codes, _ = _som.online_som(X, codes0, nh, rlen, alphas, radii, check_random_state(1), ydim=ydim)
+        out[f"{name}_{ydim}"] = codes
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_online_som_for_a_generic_x86_target_is_the_unfused_reference(tmp_path):
+    # numba compiling for a generic x86-64 (no FMA; NUMBA_CPU_NAME=generic shares caches between machines), in a child
+    # process with a cache of its own: the probe reports the unfused multiply-add, and the online SOM is the numpy
+    # reference whose squared distances are rounded twice (bit for bit), not the fused one (the tie case tells them
+    # apart), on both update paths.
+    X, _ = make_blobs(n=150, p=20, seed=5)
+    nh = _som.grid_distances(5, 7)
+    (radii, alphas) = _som.radius_alpha_schedule(nh, (0.05, 0.01), 1)[0]
+    cases = {
+        "tie": (*unfused_tie_case(), 2),
+        "blobs": (X, X[check_random_state(0).choice(len(X), 35, replace=False)], nh, 2, alphas, radii, 7),
+    }
+    inputs = {}
+    for name, (data, codes0, nhbrdist, rlen, case_alphas, case_radii, ydim) in cases.items():
+        values = {"X": data, "codes0": codes0, "nh": nhbrdist, "rlen": rlen, "alphas": case_alphas}
+        values |= {"radii": case_radii, "ydim": ydim}
+        inputs |= {f"{name}_{key}": np.asarray(value) for key, value in values.items()}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CPU_FEATURES"}
+    env |= {"NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    script = [sys.executable, "-c", _GENERIC_CHILD, str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")]
+    subprocess.run(script, env=env, check=True, capture_output=True, text=True)
+    got = np.load(tmp_path / "out.npz")
+    assert not got["fused"]
+    for name, (data, codes0, nhbrdist, rlen, case_alphas, case_radii, ydim) in cases.items():
+        args = (data, codes0, nhbrdist, rlen, case_alphas, case_radii)
+        unfused = reference_online_som(*args, check_random_state(1), fused=False)
+        if name == "tie":
+            fused = reference_online_som(*args, check_random_state(1), fused=True)
+            assert not np.array_equal(fused, unfused)
+        for ydim_arg in (ydim, 0):
+            np.testing.assert_array_equal(got[f"{name}_{ydim_arg}"].view(np.int64), unfused.view(np.int64))
+
+
+def test_online_som_tie_case_follows_the_kernels_multiply_add():
+    # In this process (fused or not, as _simd.fused() says): the kernel is the reference of its own path.
+    data, codes0, nh, rlen, alphas, radii = unfused_tie_case()
+    assert_online_som_is_the_reference(data, codes0, nh, rlen, alphas, radii, seed=1, ydim=2)
 
 
 @pytest.mark.parametrize("exponent", [-60, -40, 40, 100])

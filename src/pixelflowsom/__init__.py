@@ -12,7 +12,9 @@ The public surface:
 * :func:`metacluster_table`, the pixels and median channel intensities of every metacluster;
 * :func:`update_metaclusters` and :func:`revise_mapping`, metaclusters merged, split, moved and named after fitting,
   and :func:`read_pixie_mapping` / :func:`write_pixie_mapping`, ark Pixie's mapping CSV;
-* :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom version is loaded;
+* :func:`save_model` and :func:`load_model`, model files (skops' format) that load only trusted types
+  (:data:`TRUSTED_TYPES`), and :class:`InconsistentVersionWarning`, warned when a model saved by another pixelflowsom
+  version is loaded;
 * :mod:`pixelflowsom.pl`, pictures of the results (imported on first use: it needs matplotlib);
 * :func:`report`, the self-contained HTML report of a run, from what its store holds (imported on first use);
 * :mod:`pixelflowsom.harpy`, a drop-in for ``harpy.im.flowsom``.
@@ -21,7 +23,14 @@ The public surface:
 from ._estimator import PixelFlowSOM
 from ._importing import import_images, read_image
 from ._metacluster import ConsensusClustering, NClustersChoice, choose_n_clusters
-from ._persistence import InconsistentVersionWarning, package_version
+from ._persistence import (
+    TRUSTED_TYPES,
+    InconsistentVersionWarning,
+    load_model,
+    package_version,
+    save_model,
+    untrusted_types,
+)
 from ._preprocessing import PixelPreprocessor
 from ._revising import read_pixie_mapping, revise_mapping, update_metaclusters, write_pixie_mapping
 from ._sampling import PixelSample, sample_pixels
@@ -36,9 +45,11 @@ __all__ = [
     "PixelFlowSOM",
     "PixelPreprocessor",
     "PixelSample",
+    "TRUSTED_TYPES",
     "__version__",
     "choose_n_clusters",
     "import_images",
+    "load_model",
     "metacluster_table",
     "pl",
     "read_image",
@@ -46,6 +57,8 @@ __all__ = [
     "report",
     "revise_mapping",
     "sample_pixels",
+    "save_model",
+    "untrusted_types",
     "update_metaclusters",
     "write_pixie_mapping",
 ]

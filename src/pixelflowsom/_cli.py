@@ -542,14 +542,24 @@ def _demo(args) -> int:
     return 0
 
 
+#: Suffixes of pickle files, which ``cluster --save-model`` does not write (it writes skops files).
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
 def _cluster(args) -> int:
-    import joblib
+    from . import save_model
 
     store = Path(args.store)
     sdata = _open_store(store)
     images = args.image
-    if args.save_model is not None and not Path(args.save_model).parent.exists():
-        raise _UsageError(f"--save-model: folder {str(Path(args.save_model).parent)!r} does not exist")
+    if args.save_model is not None:
+        if not Path(args.save_model).parent.exists():
+            raise _UsageError(f"--save-model: folder {str(Path(args.save_model).parent)!r} does not exist")
+        if Path(args.save_model).suffix.lower() in PICKLE_SUFFIXES:
+            raise _UsageError(
+                f"--save-model {args.save_model!r}: models are saved in skops' format, which loads without running "
+                f"code from the file; name it {str(Path(args.save_model).with_suffix('.skops'))!r}"
+            )
     t0 = time.perf_counter()
     with _computing(args):
         model, sample, arrays = _train(args, sdata, store, images)
@@ -576,7 +586,7 @@ def _cluster(args) -> int:
         labels = _label_and_write(args, sdata, store, images, arrays, model)
         counts = _summarize(sdata, labels, model)
     if args.save_model is not None:
-        joblib.dump(model, args.save_model)
+        save_model(model, args.save_model)
         carried = " (with its preprocessing)" if args.preprocess else ""
         print(f"Model{carried}: {args.save_model}")
     folder = _pictures_folder(args, store)
@@ -594,16 +604,40 @@ def _channels_text(channels) -> str:
     return "[" + ", ".join(str(c) for c in channels) + "]"
 
 
-def _load_model(path: str):
-    """Load a fitted PixelFlowSOM, or a Pipeline ending in one, saved by ``cluster --save-model``."""
-    import joblib
+def _load_model(path: str, trust_pickle: bool):
+    """Load a fitted PixelFlowSOM, or a Pipeline ending in one, saved by ``cluster --save-model``.
+
+    A skops file loads with pixelflowsom's trusted types only; a pickle (an older ``--save-model``, or ``joblib.dump``)
+    only with ``--trust-pickle``, since loading a pickle runs whatever code the file names.
+    """
+    import zipfile
+
     from sklearn.pipeline import Pipeline
 
-    from . import PixelFlowSOM
+    from . import PixelFlowSOM, load_model, untrusted_types
 
     if not Path(path).is_file():
         raise _UsageError(f"--model {path!r} does not exist")
-    model = joblib.load(path)
+    if zipfile.is_zipfile(path):
+        refused = untrusted_types(path)
+        if refused:
+            raise _UsageError(
+                f"--model {path!r} names types that pixelflowsom does not trust: {refused}. Loading them could run "
+                "code from the file; if you trust its author, load it in Python with "
+                "pixelflowsom.load_model(file, trusted=[...])"
+            )
+        model = load_model(path)
+    elif not trust_pickle:
+        raise _UsageError(
+            f"--model {path!r} is a pickle, not a skops file: loading a pickle runs whatever code its author put in "
+            "it. Pass --trust-pickle only if you trust where the file comes from, or ask for a skops file "
+            "(cluster --save-model model.skops)"
+        )
+    else:
+        import joblib
+
+        _say(f"Loading the pickle {path!r} (--trust-pickle): it can run code; save it as a skops file to share it.")
+        model = joblib.load(path)
     som = model[-1] if isinstance(model, Pipeline) else model
     if not isinstance(som, PixelFlowSOM) or not hasattr(som, "codes_") or not hasattr(som, "channels_"):
         raise _UsageError(
@@ -665,7 +699,7 @@ def _check_like_training(args, model, arrays) -> None:
 
 def _apply(args) -> int:
     store = Path(args.store)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.trust_pickle)
     som = _flowsom(model)
     sdata = _open_store(store)
     images = args.image
@@ -918,7 +952,8 @@ def _add_common(parser, *, training):
         parser.add_argument(
             "--save-model",
             metavar="FILE",
-            help="save the fitted model (joblib), with its preprocessing if --preprocess, for `apply`",
+            help="save the fitted model, with its preprocessing if --preprocess, for `apply`, in skops' format "
+            "(loads without running code from the file: safe to share), e.g. model.skops",
         )
         parser.add_argument(
             "--heatmap-scale",
@@ -1129,6 +1164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(apply, training=False)
     apply.add_argument("--model", required=True, metavar="FILE", help="model saved by `cluster --save-model`")
+    apply.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a model saved as a pickle (joblib): loading a pickle runs whatever code is in it, so only for "
+        "files from someone you trust",
+    )
     apply.set_defaults(func=_apply)
     return parser
 

@@ -25,6 +25,7 @@ from ._compat import (
     _fit_context,
     _get_container_adapter,
     set_output_config,
+    validate_params,
 )
 from ._inference import SOMModel, label_image, label_table
 from ._log import phase
@@ -218,13 +219,17 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
     Dask arrays stay lazy in ``predict`` and ``transform`` (one task per row chunk); ``fit`` reads only the chunks
     holding sampled rows.
 
-    **Saving** with :mod:`joblib` or :mod:`pickle` stores what the model learned, never the data: the codes, the node
+    **Saving** with :func:`~pixelflowsom.save_model` writes a skops file, which :func:`~pixelflowsom.load_model`
+    loads without running code from it (only numpy, scikit-learn and :data:`~pixelflowsom.TRUSTED_TYPES`): the fitted
+    state is arrays and plain values. :mod:`joblib` and :mod:`pickle` work too, for files you trust. Either stores
+    what the model learned, never the data: the codes, the node
     map, the metaclustering model and, for images, dask arrays and samples, the training sample's ``labels_`` and
     ``sample_coords_`` (or ``sample_indices_``). For a 10 x 10 SOM on up to 40 channels a pickle takes at most 64 kB
     (128 kB with :class:`~pixelflowsom.ConsensusClustering`, which keeps its ``n_nodes x n_nodes`` consensus matrix)
     plus ``8 * n_samples_fit_ * (1 + n_spatial_dims)`` bytes, whatever the size of the images (an in-memory table
     adds ``labels_`` of all its rows, as scikit-learn's clusterers do). Loading it with another pixelflowsom
-    version warns with :class:`~pixelflowsom.InconsistentVersionWarning`.
+    version warns with :class:`~pixelflowsom.InconsistentVersionWarning`. skops files are compressed: about half
+    the size of the pickle.
 
     :meth:`set_output` applies to tables only: images always give label images, and a dask array stays lazy.
 
@@ -420,7 +425,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         ValueError, TypeError, KeyError
             Bad parameters, images (dims, dtype), or channels missing from an image (with the closest names).
         """
-        self._validate_params()
+        validate_params(self)
         self._check_params()
         if X is not None and not _images.is_image_input(X):
             raise TypeError(f"check_input takes an image or a list of images, got {type(X).__name__}.")
@@ -456,7 +461,7 @@ class PixelFlowSOM(ClusterMixin, TransformerMixin, VersionedPickleMixin, BaseEst
         ValueError, TypeError, KeyError
             Bad parameters, images or channels, all before any pixel is read.
         """
-        self._validate_params()
+        validate_params(self)
         self._check_params()
         if not _images.is_image_input(X):
             raise TypeError(

@@ -640,7 +640,7 @@ def _channels_per_file(channels, n: int) -> list:
 
 
 def _check_element_names(names: list[str], paths, *, given: bool) -> None:
-    from spatialdata._core.validation import check_valid_name  # spatialdata's own rule, not re-exported publicly
+    from pixelflowsom._spatialdata_compat import check_valid_name  # spatialdata's own rule, not public
 
     for name in names:
         try:

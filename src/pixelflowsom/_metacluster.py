@@ -26,7 +26,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, validate_data
 
-from ._compat import Interval, StrOptions, _fit_context
+from ._compat import Interval, StrOptions, _fit_context, validate_params
 
 
 def default_metaclustering() -> AgglomerativeClustering:
@@ -211,6 +211,44 @@ class NClustersChoice:
     labels: np.ndarray
     cdf: dict
     stability: pd.Series | None = None
+
+    def __getstate__(self):
+        # Saved as arrays and plain values (pickle, joblib and skops files alike): a model file must not need
+        # pandas' internal types, which skops cannot load safely.
+        criterion = self.criterion
+        stability = self.stability
+        return {
+            "n_clusters": int(self.n_clusters),
+            "method": str(self.method),
+            "labels": np.asarray(self.labels),
+            "criterion_k": criterion.index.to_numpy(),
+            "criterion_columns": [str(c) for c in criterion.columns],
+            "criterion_values": criterion.to_numpy(dtype=np.float64),
+            "cdf_k": [int(k) for k in self.cdf],
+            "cdf": [(np.asarray(x), np.asarray(y)) for x, y in self.cdf.values()],
+            "stability_k": None if stability is None else stability.index.to_numpy(),
+            "stability": None if stability is None else stability.to_numpy(dtype=np.float64),
+        }
+
+    def __setstate__(self, state):
+        if "criterion_values" not in state:  # pickled before choices were saved as arrays: the fields themselves
+            for name, value in ({"stability": None} | state).items():
+                object.__setattr__(self, name, value)
+            return
+        index = pd.Index(state["criterion_k"], name="k")
+        stability = None
+        if state["stability"] is not None:
+            stability = pd.Series(state["stability"], index=pd.Index(state["stability_k"], name="k"), name="stability")
+        values = {
+            "n_clusters": state["n_clusters"],
+            "criterion": pd.DataFrame(state["criterion_values"], index=index, columns=state["criterion_columns"]),
+            "method": state["method"],
+            "labels": state["labels"],
+            "cdf": {k: tuple(xy) for k, xy in zip(state["cdf_k"], state["cdf"], strict=True)},
+            "stability": stability,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # a frozen dataclass
 
 
 def choose_n_clusters(
@@ -564,7 +602,7 @@ def _check_metaclustering(metaclustering, random_state):
     if random_state is not None and "random_state" in params:
         model.set_params(random_state=int(check_random_state(random_state).randint(np.iinfo(np.int32).max)))
     if isinstance(model, ConsensusClustering):
-        model._validate_params()  # its fit is never called: check n_resamples, resample_fraction and linkage here
+        validate_params(model)  # its fit is never called: check n_resamples, resample_fraction and linkage here
     return model
 
 

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import _images
-from ._compat import Interval, StrOptions, _fit_context, set_output_config
+from ._compat import Interval, StrOptions, _fit_context, set_output_config, validate_params
 from ._persistence import VersionedPickleMixin
 
 _DIMS_2D = ("c", "y", "x")
@@ -555,7 +555,7 @@ class PixelPreprocessor(TransformerMixin, VersionedPickleMixin, BaseEstimator, a
         ValueError, TypeError, KeyError
             Bad parameters, images, or channels missing from an image (with the closest names).
         """
-        self._validate_params()
+        validate_params(self)
         fitted = hasattr(self, "channel_names_")
         if X is None:
             if fitted:

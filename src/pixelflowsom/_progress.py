@@ -109,32 +109,26 @@ def settle() -> None:
 def _compiling_notice(line: ProgressLine):
     """Within the block, write ``COMPILING_NOTICE`` on ``line`` when numba starts compiling a kernel of the package.
 
-    numba's event API: a :class:`numba.core.event.Listener` installed with :func:`numba.core.event.install_listener`
-    for the ``"numba:compile"`` event kind. numba broadcasts the event from the thread that compiles, whichever it is
-    (dask's worker threads included: the listeners are process-wide), and only for a real compilation: a dispatcher
-    that loads its kernel from the on-disk cache returns before the event (``Dispatcher.compile``). The event's
-    ``data["dispatcher"].py_func`` tells whose function compiles: only the package's kernels are cached, so only their
-    compilation is a first run's.
+    :func:`pixelflowsom._numba_compat.on_compile_start` (numba's event API) calls back from the thread that compiles,
+    whichever it is (dask's worker threads included: the listeners are process-wide), and only for a real compilation:
+    a dispatcher that loads its kernel from the on-disk cache starts none. The dispatcher's ``py_func`` tells whose
+    function compiles: only the package's kernels are cached, so only their compilation is a first run's.
     """
     if _compiling_noticed:
         yield
         return
-    from numba.core import event
+    from ._numba_compat import on_compile_start
 
-    class Compiling(event.Listener):
-        def on_start(self, ev):
-            global _compiling_noticed
-            if _compiling_noticed:
-                return
-            module = getattr(getattr(ev.data.get("dispatcher"), "py_func", None), "__module__", None) or ""
-            if module.startswith(_KERNEL_MODULES):
-                _compiling_noticed = True  # numba compiles under its global compiler lock: one thread at a time
-                line.note(COMPILING_NOTICE)
+    def compiling(dispatcher):
+        global _compiling_noticed
+        if _compiling_noticed:
+            return
+        module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
+        if module.startswith(_KERNEL_MODULES):
+            _compiling_noticed = True  # numba compiles under its global compiler lock: one thread at a time
+            line.note(COMPILING_NOTICE)
 
-        def on_end(self, ev):
-            pass
-
-    with event.install_listener("numba:compile", Compiling()):
+    with on_compile_start(compiling):
         yield
 
 
@@ -329,7 +323,8 @@ class _LocalTasks(_Source, Callback):
         self._ticker.start()
 
     def close(self, complete: bool) -> None:
-        Callback.active.discard(self._callback)
+        with suppress(KeyError):  # unregistered already
+            self.unregister()
         self._stop.set()
         self._ticker.join()
         _Source.close(self, complete)
@@ -356,42 +351,12 @@ class _LocalTasks(_Source, Callback):
             self._computation_ends(complete=not errored)
 
 
-def _scheduler_report(client_id: str):
-    """Return the function the scheduler's ``feed`` calls: the progress of what client ``client_id`` waits for.
-
-    The function is defined here, inside a function, so that cloudpickle sends it by value: the scheduler needs no
-    pixelflowsom. It reads the scheduler's documented state (``Scheduler.clients``, ``ClientState.wants_what``,
-    ``TaskState.group``, ``TaskGroup.dependencies`` and ``TaskGroup.states``, which counts forgotten tasks too);
-    distributed's public alternative, ``distributed.progress``, needs the futures of the computations, which
-    ``dask.compute`` keeps to itself.
-    """
-
-    def pixelflowsom_progress(scheduler):
-        client = scheduler.clients.get(client_id)
-        wanted = {ts.group for ts in client.wants_what} if client is not None else set()
-        groups, stack = set(wanted), list(wanted)
-        while stack:
-            for group in stack.pop().dependencies:
-                if group not in groups:
-                    groups.add(group)
-                    stack.append(group)
-        done = total = erred = 0
-        for group in groups:
-            states = group.states
-            n = sum(states.values())
-            total += n
-            done += n - sum(states.get(s, 0) for s in ("waiting", "queued", "processing", "no-worker"))
-            erred += states.get("erred", 0)
-        return {"id": "\n".join(sorted(group.name for group in wanted)), "done": done, "total": total, "erred": erred}
-
-    return pixelflowsom_progress
-
-
 class _SchedulerFeed(_Source):
     """Feeds a :class:`ProgressLine` with what a dask.distributed scheduler reports about a client's computations.
 
-    A thread of its own reads the scheduler's ``feed`` stream. A computation is identified by the task groups of the
-    keys the client waits for; it ends when the client waits for other keys or none. Every report redraws the line.
+    A thread of its own reads the scheduler's reports (:func:`pixelflowsom._distributed_compat.client_progress`). A
+    computation is identified by the task groups of the keys the client waits for; it ends when the client waits for
+    other keys or none. Every report redraws the line.
     """
 
     def __init__(self, client, line: ProgressLine):
@@ -434,20 +399,14 @@ class _SchedulerFeed(_Source):
             self._line.note(f"pixelflowsom: no progress from the dask scheduler ({type(error).__name__}: {error})")
 
     async def _listen(self) -> None:
-        from distributed.comm import connect
-        from distributed.protocol.pickle import dumps
+        from ._distributed_compat import client_progress
 
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         if self._closing.is_set():
             return
-        comm = await connect(self._address, **self._connection_args)
-        try:
-            function = dumps(_scheduler_report(self._client_id))
-            await comm.write({"op": "feed", "function": function, "interval": INTERVAL_SECONDS})
-            while True:
-                self._report(await comm.read())
-        finally:
-            comm.abort()
+        async with client_progress(self._address, self._connection_args, self._client_id, INTERVAL_SECONDS) as reports:
+            async for report in reports:
+                self._report(report)
 
     def _report(self, report: dict) -> None:
         with self._lock:

@@ -5,20 +5,36 @@ registers across an inner loop (the online SOM's distances: 16 nodes per vector,
 channels) writes that loop over :data:`float32x16` values instead: each value is one LLVM ``<16 x float>`` (one
 AVX-512 register, two AVX2 registers, four SSE registers: LLVM splits it for the machine), and each intrinsic is one
 LLVM instruction on it, or a few (:func:`where_within`, :func:`flush_subnormal`). The arithmetic is IEEE float32,
-lane by lane, exactly as the scalar operations (``fma`` is the correctly rounded fused multiply-add;
-:func:`flush_subnormal` replaces magnitudes below the smallest normal float32 by 0, the online SOM's rule), so results
-do not depend on the machine. :func:`prefetch` is a cache hint for the scalar data the vectors are computed from.
+lane by lane, exactly as the scalar operations (:func:`flush_subnormal` replaces magnitudes below the smallest normal
+float32 by 0, the online SOM's rule), so results do not depend on the machine, but for one: :func:`muladd`.
 
-Nothing here checks bounds: :func:`load` and :func:`store` touch ``array[index:index + LANES]``, which the calling
-kernel must have checked lies inside ``array`` (a 1-d C-contiguous float32 array); :func:`prefetch` never faults.
+:func:`muladd` computes ``a * b + c`` as fast as the target machine can (LLVM's ``llvm.fmuladd``): on a target with a
+fused multiply-add instruction (x86-64 with FMA: Haswell and later, Zen; AArch64) it is one fused multiply-add, rounded
+once; on a target without (numba's ``NUMBA_CPU_NAME=generic``, x86-64 with SSE2 only, which shares compiled caches
+between machines) it is a multiplication then an addition, rounded twice. The correctly rounded fused multiply-add
+(``llvm.fma``) is no option there: LLVM makes each of its lanes a call of the C library's ``fmaf``, sixteen calls per
+vector, which made the online SOM 13 times slower (10.2 s instead of 0.76 s on 400k x 20 pixels). So a sum of
+products computed with it may differ in the last bit between the two kinds of targets; :func:`fused` tells which one
+the kernels of this process are compiled for. numba keys its on-disk cache on the target (LLVM triple, CPU name and
+features): kernels compiled for one target are never loaded for another. (A ``NUMBA_CPU_NAME`` other than ``generic``
+keeps the host's features, FMA and AVX-512 included, unless ``NUMBA_CPU_FEATURES`` is set too: empty, it takes the
+named processor's own.)
+
+:func:`prefetch` is a cache hint for the scalar data the vectors are computed from. Nothing here checks bounds:
+:func:`load` and :func:`store` touch ``array[index:index + LANES]``, which the calling kernel must have checked lies
+inside ``array`` (a 1-d C-contiguous float32 array); :func:`prefetch` never faults.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import llvmlite.ir as ir
-from numba import types
-from numba.core import cgutils
+import numpy as np
+from numba import njit, types
 from numba.extending import intrinsic, models, register_model
+
+from ._numba_compat import array_data, none_value
 
 #: Lanes of a :data:`float32x16` value.
 LANES = 16
@@ -47,10 +63,14 @@ def _is_float32_vector_array(array):
     return isinstance(array, types.Array) and array.ndim == 1 and array.dtype == types.float32 and array.layout == "C"
 
 
-def _vector_pointer(context, builder, array_type, array, index, index_type):
-    data = context.make_array(array_type)(context, builder, array).data
-    offset = context.cast(builder, index, index_type, types.intp)
-    return builder.bitcast(builder.gep(data, [offset]), _VECTOR.as_pointer())
+def _declare(module, function_type, name):
+    """Return the LLVM function ``name`` of ``function_type`` in ``module``, declared there unless it is already."""
+    return module.declare_intrinsic(name, fnty=function_type)
+
+
+def _vector_pointer(context, builder, array_type, array, index):
+    """Return the ``<16 x float>*`` pointer to ``array[index]`` (``index``: ``intp``, the signatures convert to it)."""
+    return builder.bitcast(builder.gep(array_data(context, builder, array_type, array), [index]), _VECTOR.as_pointer())
 
 
 @intrinsic
@@ -60,10 +80,10 @@ def load(typingctx, array, index):
         return None
 
     def codegen(context, builder, signature, args):
-        pointer = _vector_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        pointer = _vector_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.load(pointer, align=4)
 
-    return float32x16(array, index), codegen
+    return float32x16(array, types.intp), codegen
 
 
 @intrinsic
@@ -73,11 +93,11 @@ def store(typingctx, array, index, vector):
         return None
 
     def codegen(context, builder, signature, args):
-        pointer = _vector_pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        pointer = _vector_pointer(context, builder, signature.args[0], args[0], args[1])
         builder.store(args[2], pointer, align=4)
-        return context.get_dummy_value()
+        return none_value(context)
 
-    return types.none(array, index, vector), codegen
+    return types.none(array, types.intp, vector), codegen
 
 
 def _lanes(indices):
@@ -122,17 +142,79 @@ add = _binary("fadd", "Compute ``a + b`` lane by lane, rounded to float32.")
 
 
 @intrinsic
-def fma(typingctx, a, b, c):
-    """Compute ``a * b + c`` lane by lane, rounded once to float32 (the fused multiply-add, LLVM's ``llvm.fma``)."""
+def muladd(typingctx, a, b, c):
+    """Compute ``a * b + c`` lane by lane: fused and rounded once where the target has a fused multiply-add.
+
+    LLVM's ``llvm.fmuladd``: one fused multiply-add instruction where the target machine has one (:func:`fused` is
+    ``True``), else a multiplication and an addition, each rounded to float32 (``fused()`` is ``False``); never a call.
+    """
     if not (a == float32x16 and b == float32x16 and c == float32x16):
         return None
 
     def codegen(context, builder, signature, args):
         function_type = ir.FunctionType(_VECTOR, [_VECTOR, _VECTOR, _VECTOR])
-        function = cgutils.get_or_insert_function(builder.module, function_type, f"llvm.fma.v{LANES}f32")
-        return builder.call(function, args)
+        return builder.call(_declare(builder.module, function_type, f"llvm.fmuladd.v{LANES}f32"), args)
 
     return float32x16(a, b, c), codegen
+
+
+#: The probe of :func:`fused`: ``d = 1 + 2**-12`` and ``c = -(1 + 2**-11)``. ``d * d`` is ``1 + 2**-11 + 2**-24``,
+#: exactly halfway between two float32, and rounds to even, to ``-c``: ``d * d + c`` is ``2**-24`` fused, 0 unfused.
+_PROBE = np.repeat(np.array([1 + 2.0**-12, -(1 + 2.0**-11)], np.float32), LANES)
+
+
+@njit(cache=True, nogil=True)
+def _muladd_probe(values, out):
+    """``muladd(d, d, c)`` into ``out[:LANES]``, ``d`` and ``c`` read from ``values`` (at run time: nothing folds)."""
+    d = load(values, 0)
+    store(out, 0, muladd(d, d, load(values, LANES)))
+
+
+@cache
+def fused() -> bool:
+    """Whether :func:`muladd` is a fused multiply-add in the kernels this process compiles (or loads from its cache).
+
+    Computed once per process by running :func:`muladd` on values where the fused and the unfused results differ,
+    compiled as every kernel is, for numba's target (the machine's processor, or ``NUMBA_CPU_NAME`` and
+    ``NUMBA_CPU_FEATURES`` where set).
+
+    Returns
+    -------
+    bool
+        ``True``: each ``a * b + c`` is rounded once (the target has a fused multiply-add, e.g. x86-64 with FMA);
+        ``False``: the product and the sum are rounded to float32 one after the other (e.g. ``NUMBA_CPU_NAME=generic``).
+    """
+    out = np.full(LANES, np.nan, np.float32)
+    _muladd_probe(_PROBE, out)
+    if not (np.all(out == 2.0**-24) or np.all(out == 0.0)):
+        raise RuntimeError(f"llvm.fmuladd computed {out}, neither fused (2**-24) nor unfused (0) in every lane.")
+    return bool(out[0] != 0.0)
+
+
+@njit(nogil=True)  # not cached: vector_bits reads the assembly of its compilation
+def _width_probe(values, out):
+    """``values[:LANES] + values[LANES:2 * LANES]`` into ``out[:LANES]``: one vector addition, for its assembly."""
+    store(out, 0, add(load(values, 0), load(values, LANES)))
+
+
+@cache
+def vector_bits() -> int:
+    """Width in bits of the machine registers a :data:`float32x16` value is held in, by the kernels of this process.
+
+    512 (one AVX-512 register), 256 (two AVX registers) or 128 (four SSE registers; also any other machine). Read
+    from the assembly of a one-addition kernel compiled for numba's target, as every kernel is (numba's public
+    ``Dispatcher.inspect_asm``), once per process. Kernels that keep many vectors in registers across a loop take
+    fewer at a time on narrower registers, where the registers run out (16 AVX or SSE registers, 32 AVX-512 ones).
+
+    Returns
+    -------
+    int
+        512, 256 or 128.
+    """
+    signature = (types.float32[::1], types.float32[::1])
+    _width_probe.compile(signature)
+    assembly = _width_probe.inspect_asm(signature)
+    return 512 if "zmm" in assembly else 256 if "ymm" in assembly else 128
 
 
 @intrinsic
@@ -183,14 +265,13 @@ def prefetch(typingctx, array, index):
         return None
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        offset = context.cast(builder, args[1], signature.args[1], types.intp)
-        pointer = builder.bitcast(builder.gep(data, [offset]), ir.IntType(8).as_pointer())
+        data = array_data(context, builder, signature.args[0], args[0])
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         function_type = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        function = _declare(builder.module, function_type, "llvm.prefetch.p0i8")
         # read, keep in all cache levels, data cache
         builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+        return none_value(context)
 
-    return types.none(array, index), codegen
+    return types.none(array, types.intp), codegen

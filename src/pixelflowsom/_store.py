@@ -148,7 +148,7 @@ def check_output_names(
         existing labels element (in ``sdata`` or its store) while ``overwrite`` is false. Also if ``sdata`` is backed
         by a store in the legacy zarr v2 format, which this module does not write into.
     """
-    from spatialdata._core.validation import check_valid_name  # spatialdata's own rule, not re-exported publicly
+    from pixelflowsom._spatialdata_compat import check_valid_name  # spatialdata's own rule, not public
 
     outputs = list(cluster_names) + list(metacluster_names)
     for name in outputs:
@@ -177,7 +177,7 @@ def check_output_names(
             f"Output names {clashing} differ only in case; spatialdata requires element names unique regardless of "
             "case. Choose names that differ otherwise."
         )
-    kinds = {name: kind for kind, name, _ in sdata._gen_elements(include_tables=True)}
+    kinds = {name: kind for kind, name, _ in sdata.gen_elements()}
     by_fold = {name.casefold(): name for name in kinds}
     root = _store_root(sdata)
     if root is not None:
@@ -907,7 +907,8 @@ def _stage(folder: Path, name: str, element, records, compressor) -> list:
     """
     import dask.array as da
     import zarr
-    from spatialdata._io import write_labels
+
+    from pixelflowsom._spatialdata_compat import write_labels
 
     levels = _levels(element)
     if isinstance(element, xr.DataArray):
@@ -1008,16 +1009,14 @@ def _read_labels(root: Path, names) -> list:
     if not names:
         return []
     import zarr
-    from spatialdata._io.io_raster import _read_multiscale
-    from spatialdata._io.io_zarr import get_raster_format_for_read
+
+    from pixelflowsom._spatialdata_compat import read_labels_element
 
     version = zarr.open_group(str(root), mode="r", use_consolidated=False).attrs.get("spatialdata_attrs", {})
     version = version.get("version", "0.1")
 
     def read(name):
-        path = root / "labels" / name
-        reader_format = get_raster_format_for_read(zarr.open_group(str(path), mode="r"), version)
-        return _read_multiscale(str(path), "labels", reader_format)
+        return read_labels_element(root / "labels" / name, version)
 
     with ThreadPoolExecutor(_METADATA_THREADS) as pool:  # see _stage_and_compute
         return list(pool.map(read, names))

@@ -1,19 +1,18 @@
 """A genuine :class:`flowsom.FlowSOM` built from an already computed SOM, without ``FlowSOM.__init__``.
 
-``FlowSOM.__init__`` trains its own model and then fills the per-node tables of ``mudata["cluster_data"]`` with a
-pandas loop over the nodes (``FlowSOM._update_derived_values`` and ``FlowSOM.test_outliers`` filter the whole sample
-once per node and statistic), which is slow on big samples. :func:`build_flowsom` creates the instance with
-``FlowSOM.__new__``, reads the sample in with flowsom's own ``read_input`` and computes the same fields, values and
-dtypes, quirks included, with :mod:`pixelflowsom.harpy._group_statistics`: the rows sorted once by
-``(metacluster, node)``, then, a block of channels at a time, those channels copied in that order and every statistic
-of every node (or metacluster) reduced from the copy. Besides the sample (kept as ``cell_data.X``, not copied), the
-build needs about 100 MB of temporaries for a 1.34M x 40 sample, and keeps about 110 MB in ``cell_data.obs`` (mostly
-flowsom's ``obs_names``, one Python str per row).
+``FlowSOM.__init__`` trains its own model and then fills the per-node tables of ``mudata["cluster_data"]`` with a pandas
+loop over the nodes (``FlowSOM._update_derived_values`` and ``FlowSOM.test_outliers`` filter the whole sample once per
+node and statistic), which is slow on big samples. :func:`build_flowsom` creates the instance with ``FlowSOM.__new__``,
+reads the sample in with flowsom's own ``read_input`` (both in :mod:`pixelflowsom.harpy._flowsom_compat`, the one place
+where flowsom's private API is used) and computes the same fields, values and dtypes, quirks included, with
+:mod:`pixelflowsom.harpy._group_statistics`: the rows sorted once by ``(metacluster, node)``, then, a block of channels
+at a time, those channels copied in that order and every statistic of every node (or metacluster) reduced from the copy.
+Besides the sample (kept as ``cell_data.X``, not copied), the build needs about 100 MB of temporaries for a 1.34M x 40
+sample, and keeps about 110 MB in ``cell_data.obs`` (mostly flowsom's ``obs_names``, one Python str per row).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -21,8 +20,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from flowsom import FlowSOM
-from mudata import MuData
 
+from pixelflowsom.harpy._flowsom_compat import untrained_flowsom
 from pixelflowsom.harpy._group_statistics import (
     GroupStats,
     RowOrder,
@@ -176,21 +175,18 @@ def build_flowsom(
         adata = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=names), obsm=None if obsm is None else dict(obsm))
 
     # FlowSOM.__init__ without the model training: the same attributes, the same MuData, the same read_input
-    fsom = FlowSOM.__new__(FlowSOM)
-    fsom.cols_to_use = None
-    fsom.mad_allowed = mad_allowed
-    fsom.xdim = xdim
-    fsom.ydim = ydim
-    fsom.rlen = rlen
-    fsom.mst = mst
-    fsom.alpha = alpha
-    fsom.seed = seed
-    fsom.n_clusters = n_clusters
-    fsom.model = model
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning)
-        fsom.mudata = MuData({"cell_data": ad.AnnData(), "cluster_data": ad.AnnData()})
-    fsom.read_input(adata)
+    fsom = untrained_flowsom(
+        adata,
+        model,
+        mad_allowed=mad_allowed,
+        xdim=xdim,
+        ydim=ydim,
+        rlen=rlen,
+        mst=mst,
+        alpha=alpha,
+        seed=seed,
+        n_clusters=n_clusters,
+    )
 
     # FlowSOM._update_derived_values, vectorised
     cell = fsom.mudata["cell_data"]

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pixelflowsom import PixelFlowSOM
 from pixelflowsom._nearest import nearest_nodes
+from pixelflowsom.harpy._flowsom_compat import mark_cluster_fitted, mark_fitted
 
 #: Keywords of ``flowsom.FlowSOM`` itself (the rest belong to its models), and pixelflowsom's ``max_clusters``.
 FLOWSOM_KEYWORDS = ("xdim", "ydim", "rlen", "mst", "alpha", "mad_allowed", "model", "max_clusters")
@@ -81,7 +82,7 @@ class PixelSOMEstimator(BaseClusterEstimator):
             model.set_params(som=self.som)
         model.fit(X)
         self.codes = model.codes_
-        self._is_fitted = True
+        mark_cluster_fitted(self)  # flowsom's private fitted state
         self.predict(X)
         return self
 
@@ -162,11 +163,10 @@ class FlowSOMOptions:
         cluster.codes = np.array(estimator.codes_, dtype=np.float64)
         cluster.labels_ = np.asarray(labels)
         cluster.distances = np.asarray(distances)
-        cluster._is_fitted = True
-        model._y_codes = np.asarray(estimator.node_metacluster_)
+        node_metacluster = np.asarray(estimator.node_metacluster_)
+        mark_fitted(model, node_metacluster)  # flowsom's private fitted state
         model.cluster_labels_ = cluster.labels_
-        model.labels_ = model._y_codes[cluster.labels_]
-        model._is_fitted = True
+        model.labels_ = node_metacluster[cluster.labels_]
         return model
 
 
