@@ -355,3 +355,9 @@ def test_skops_file_is_small(images, tmp_path):
     size = pixelflowsom.save_model(fitted, tmp_path / "model.skops").stat().st_size
     assert size < saved_size(fitted, tmp_path / "model.joblib")  # compressed: smaller than the pickle
     assert big.nbytes > 100 * size
+
+
+def test_saved_model_file_has_the_permissions_of_any_new_file(tmp_path):
+    path = pixelflowsom.save_model(model(fraction=0.5).fit(synthetic(32)), tmp_path / "model.skops")
+    (tmp_path / "plain").write_bytes(b"")
+    assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode  # shared models are readable as any file

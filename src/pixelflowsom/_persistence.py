@@ -18,7 +18,7 @@ with code it was not fitted for.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import warnings
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
@@ -127,9 +127,9 @@ def save_model(model, file) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Cannot save the model to {str(path)!r}: folder {str(path.parent)!r} does not exist.")
     data = sio.dumps(model, compression=zipfile.ZIP_DEFLATED)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
     try:
-        with os.fdopen(descriptor, "wb") as stream:
+        with open(staging, "xb") as stream:  # the permissions of any new file (mkstemp's would be 0600)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
