@@ -214,14 +214,15 @@ def load_model(file, *, trusted=()):
     """
     import skops.io as sio
 
+    trusted = _type_names(trusted)
     refused = untrusted_types(file, trusted)
     if refused:
         raise TypeError(
             f"{str(file)!r} names types that pixelflowsom does not trust: {refused}. Loading them could run code from "
             "the file. Load it only if you trust its author, passing trusted=[...] with these names."
         )
-    path = Path(file)
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    # The same allow-list again, for skops to enforce as it builds.
+    return sio.load(Path(file), trusted=[*TRUSTED_TYPES, *trusted])
 
 
 def _check_skops_file(file) -> Path:
